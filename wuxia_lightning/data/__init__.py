@@ -1,0 +1,1 @@
+"""Data: reading and cleaning corpora, token windows, masking, chat formatting, DataModules."""
