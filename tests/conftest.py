@@ -1,0 +1,54 @@
+"""Shared fixtures: paths to the shared data, tokenizers and tiny models built offline."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+QWEN_TOKENIZER = SHARED / "fixtures" / "qwen2.5-tokenizer"
+SAMPLE_TEXT = (
+    "第一回　寒江夜雨\n"
+    "剑光一闪，那人已然倒地。血溅三尺，惨叫之声响彻云霄。竟是江湖第一高手！\n"
+    "他便拔剑而起，却不知敌人早已离去。只见长街尽头，一骑绝尘而来，乃是峨眉派的弟子。\n"
+    "老者抚须笑道：「少侠何必如此？江湖之大，岂无容身之处乎？」说罢，竟自拂袖而去。\n"
+)
+
+
+def require_shared(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"{path} not present: the shared data folder (../shared) is needed for this test")
+    return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """Tiny models and token caches go to a per-session folder, never the user's ~/.cache."""
+    os.environ.setdefault("WUXIA_CACHE", str(tmp_path_factory.mktemp("wuxia_cache")))
+    os.environ["HF_HUB_OFFLINE"] = "1"
+
+
+@pytest.fixture(scope="session")
+def small_tokenizer():
+    """A byte-level BPE tokenizer trained here, with Qwen's special tokens and ChatML template."""
+    from wuxia_lightning.modeling.tiny import train_bpe_tokenizer
+
+    return train_bpe_tokenizer([SAMPLE_TEXT] * 4, vocab_size=400)
+
+
+@pytest.fixture(scope="session")
+def qwen_tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(require_shared(QWEN_TOKENIZER)))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny Qwen2 model saved with save_pretrained, tokenizer trained on the shipped sample corpus."""
+    from wuxia_lightning.modeling.tiny import resolve_model_path
+
+    return Path(resolve_model_path("tiny-qwen2"))

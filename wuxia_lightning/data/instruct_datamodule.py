@@ -1,0 +1,146 @@
+"""Stage-2 data: chat files (any of four formats) → ChatML token ids with assistant-only labels."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from functools import partial
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+from torch.utils.data import DataLoader, Dataset
+
+from wuxia_lightning.data.chat_encoding import EncodedDialogue, encode_dialogues, ensure_chat_template
+from wuxia_lightning.data.chat_formats import format_reports, load_conversations
+from wuxia_lightning.data.presets import resolve_system_prompt
+from wuxia_lightning.data.style_datamodule import collate_right_padded
+from wuxia_lightning.errors import UserInputError
+from wuxia_lightning.modeling.loading import load_tokenizer
+
+log = logging.getLogger(__name__)
+
+
+class EncodedDialogues(Dataset):
+    def __init__(self, examples: Sequence[EncodedDialogue]) -> None:
+        self.examples = examples
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> dict:
+        example = self.examples[index]
+        ids = np.asarray(example.input_ids, dtype=np.int64)
+        return {"input_ids": ids, "labels": np.asarray(example.labels, dtype=np.int64),
+                "loss_weights": np.ones(len(ids), dtype=np.float32), "mode": 0, "masked_tokens": 0,
+                "shortfall_tokens": 0}
+
+
+class PromptList(Dataset):
+    """Prompts for ``predict``: each item is a list of chat messages ending with the user's turn."""
+
+    def __init__(self, conversations: list[list[dict[str, str]]]) -> None:
+        self.conversations = conversations
+
+    def __len__(self) -> int:
+        return len(self.conversations)
+
+    def __getitem__(self, index: int) -> list[dict[str, str]]:
+        return self.conversations[index]
+
+
+def read_prompts(path: str, system: str | None) -> list[list[dict[str, str]]]:
+    """``.txt``: one prompt per line. JSONL: objects with ``prompt`` (text) or ``messages`` (a chat)."""
+    import json
+
+    file = Path(path)
+    if not file.exists():
+        raise UserInputError("prompt file not found", path=path)
+    prefix = [{"role": "system", "content": system}] if system else []
+    prompts = []
+    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        if file.suffix != ".jsonl":
+            prompts.append(prefix + [{"role": "user", "content": line.strip()}])
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise UserInputError(f"invalid JSON ({error.msg})", path=path, line=number) from error
+        if isinstance(record.get("prompt"), str):
+            prompts.append(prefix + [{"role": "user", "content": record["prompt"]}])
+        elif isinstance(record.get("messages"), list):
+            messages = record["messages"]
+            has_system = messages and messages[0].get("role") == "system"
+            prompts.append(messages if has_system else prefix + messages)
+        else:
+            raise UserInputError("expected a string 'prompt' or a list 'messages'", path=path, line=number,
+                                 field="prompt")
+    if not prompts:
+        raise UserInputError("no prompts in file", path=path)
+    return prompts
+
+
+class InstructDataModule(L.LightningDataModule):
+    """Chat data for stage 2 and prompts for ``predict``.
+
+    Args:
+        train_files / val_files: JSON/JSONL files, folders or globs; formats `conversations`, ShareGPT,
+            OpenAI `messages` or alpaca, detected per file.
+        prompts: prompts for ``predict`` (.txt one per line, or JSONL with `prompt` / `messages`).
+        max_length: tokens per example; longer dialogues keep whole turns (counted), never a cut reply.
+        preset: system-prompt preset (e.g. `wuxia`, `elegant_style`) for dialogues and prompts without one.
+        presets_file: YAML of presets (default: the packaged one).
+        model_name_or_path / tokenizer_name_or_path: linked from the model section by the CLI.
+    """
+
+    def __init__(self, train_files: str | list[str] | None = None, val_files: str | list[str] | None = None,
+                 prompts: str | None = None, max_length: int = 1024, batch_size: int = 4, num_workers: int = 0,
+                 preset: str | None = None, presets_file: str | None = None,
+                 model_name_or_path: str = "tiny-qwen2", tokenizer_name_or_path: str | None = None) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.tokenizer = None
+        self.datasets: dict[str, Dataset] = {}
+        self.encoding_stats: dict[str, dict] = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.tokenizer is None:
+            self.tokenizer = load_tokenizer(self.hparams.model_name_or_path, self.hparams.tokenizer_name_or_path)
+            ensure_chat_template(self.tokenizer)
+        system = resolve_system_prompt(self.hparams.preset, self.hparams.presets_file)
+        if stage in ("fit", None) and self.hparams.train_files:
+            self.datasets["train"] = self._encode("train", self.hparams.train_files, system)
+        if stage in ("fit", "validate", None) and self.hparams.val_files:
+            self.datasets["val"] = self._encode("val", self.hparams.val_files, system)
+        if stage == "predict":
+            if not self.hparams.prompts:
+                raise UserInputError("predict needs --data.prompts FILE")
+            self.datasets["predict"] = PromptList(read_prompts(self.hparams.prompts, system))
+        if stage == "fit" and "train" not in self.datasets:
+            raise UserInputError("fit needs --data.train_files")
+
+    def _encode(self, split: str, files: str | list[str], system: str | None) -> Dataset:
+        dialogues, reports = load_conversations(files, default_system=system)
+        log.info("%s data:\n%s", split, format_reports(reports))
+        examples, stats = encode_dialogues(self.tokenizer, dialogues, self.hparams.max_length)
+        self.encoding_stats[split] = stats.to_dict()
+        log.info("%s encoding: %s", split, stats.to_dict())
+        if not examples:
+            raise UserInputError(f"no {split} example fits max_length={self.hparams.max_length}", path=str(files))
+        return EncodedDialogues(examples)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.datasets["train"], shuffle=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self._loader(self.datasets["val"], shuffle=False) if "val" in self.datasets else []
+
+    def predict_dataloader(self) -> DataLoader:
+        return DataLoader(self.datasets["predict"], batch_size=self.hparams.batch_size, collate_fn=list)
+
+    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+        return DataLoader(dataset, batch_size=self.hparams.batch_size, shuffle=shuffle,
+                          num_workers=self.hparams.num_workers,
+                          collate_fn=partial(collate_right_padded, pad_id=self.tokenizer.pad_token_id))

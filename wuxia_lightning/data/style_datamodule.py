@@ -1,0 +1,176 @@
+"""Stage-1 data: raw novels → cached token windows → dynamically masked batches."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from functools import partial
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from wuxia_lightning.data.corpus import resolve_sources, split_train_val
+from wuxia_lightning.data.masking import DynamicMasker, InfillTokens, MaskingConfig
+from wuxia_lightning.data.token_cache import IngestSettings, TokenizedDocument, load_or_build_many
+from wuxia_lightning.data.windows import TokenStream, build_stream
+from wuxia_lightning.modeling.loading import load_tokenizer
+from wuxia_lightning.modeling.tiny import cache_root
+from wuxia_lightning.objectives.losses import IGNORE_INDEX
+
+log = logging.getLogger(__name__)
+
+
+class MaskedWindowDataset(Dataset):
+    """Indexed by (epoch, index): the masking draw depends on both, never on worker or rank."""
+
+    def __init__(self, stream: TokenStream, masker: DynamicMasker | None, fixed_epoch: int = 0) -> None:
+        self.stream, self.masker, self.fixed_epoch = stream, masker, fixed_epoch
+
+    def __len__(self) -> int:
+        return len(self.stream)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        epoch, index = key if isinstance(key, tuple) else (self.fixed_epoch, key)
+        ids, function_word, special = self.stream.window(index)
+        if self.masker is None:  # plain causal LM (general-domain validation)
+            ids64 = ids.astype(np.int64)
+            return {"input_ids": ids64, "labels": ids64.copy(), "loss_weights": np.ones(len(ids), np.float32),
+                    "mode": 2, "masked_tokens": 0, "shortfall_tokens": 0}
+        return self.masker(ids, function_word, special, epoch, index)
+
+
+class EpochIndexSampler(DistributedSampler):
+    """A DistributedSampler that yields (epoch, index), so each sample knows the epoch it is drawn for.
+
+    Lightning calls ``set_epoch`` on it every epoch and leaves an existing DistributedSampler in place.
+    """
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return ((self.epoch, index) for index in super().__iter__())
+
+
+def collate_right_padded(samples: Sequence[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    length = max(len(sample["input_ids"]) for sample in samples)
+    batch = {
+        "input_ids": torch.full((len(samples), length), pad_id, dtype=torch.long),
+        "labels": torch.full((len(samples), length), IGNORE_INDEX, dtype=torch.long),
+        "loss_weights": torch.zeros((len(samples), length), dtype=torch.float32),
+        "attention_mask": torch.zeros((len(samples), length), dtype=torch.long),
+    }
+    for row, sample in enumerate(samples):
+        n = len(sample["input_ids"])
+        batch["input_ids"][row, :n] = torch.from_numpy(sample["input_ids"])
+        batch["labels"][row, :n] = torch.from_numpy(sample["labels"])
+        batch["loss_weights"][row, :n] = torch.from_numpy(sample["loss_weights"])
+        batch["attention_mask"][row, :n] = 1
+    for key in ("mode", "masked_tokens", "shortfall_tokens"):
+        batch[key] = torch.tensor([sample[key] for sample in samples], dtype=torch.long)
+    return batch
+
+
+class StyleDataModule(L.LightningDataModule):
+    """Cuts the corpus into windows and masks each window anew every epoch (span / function word / none).
+
+    Args:
+        corpus: style corpus — a file, folder or glob, or a list of them.
+        general_corpus: optional general-domain text, validated as plain LM (the forgetting check).
+        max_length: tokens per training sequence, infill tokens included.
+        val_fraction: share of documents (chapters) held out; the split is by document, never by window.
+        to_simplified: convert Traditional → Simplified with OpenCC before anything else.
+        drop_modern: drop paragraphs with modern vocabulary (the seed's 去除现代词汇).
+        span_prob / function_word_prob / none_prob: shares of the three masking modes.
+        mask_rate: share of a window's tokens hidden in a masked sample.
+        mean_span_length: mean of the geometric span length (span mode).
+        hidden_weight / visible_weight: loss weights of hidden spans and of visible text.
+        cache_dir: where tokenized files are cached (default ~/.cache/wuxia_lightning/tokens).
+        model_name_or_path / tokenizer_name_or_path: linked from the model section by the CLI.
+    """
+
+    def __init__(self, corpus: str | list[str] = "data/sample", general_corpus: str | list[str] | None = None,
+                 max_length: int = 512, batch_size: int = 4, num_workers: int = 0, val_fraction: float = 0.05,
+                 seed: int = 0, to_simplified: bool = True, drop_modern: bool = False,
+                 span_prob: float = 0.6, function_word_prob: float = 0.3, none_prob: float = 0.1,
+                 mask_rate: float = 0.15, mean_span_length: float = 3.0, hidden_weight: float = 1.0,
+                 visible_weight: float = 1.0, cache_dir: str | None = None,
+                 model_name_or_path: str = "tiny-qwen2", tokenizer_name_or_path: str | None = None) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.masking = MaskingConfig(span_prob, function_word_prob, none_prob, mask_rate, mean_span_length,
+                                     hidden_weight, visible_weight, seed)
+        self.settings = IngestSettings(to_simplified=to_simplified, drop_modern=drop_modern)
+        self.cache_dir = Path(cache_dir) if cache_dir else cache_root() / "tokens"
+        self.tokenizer = None
+        self.streams: dict[str, TokenStream] = {}
+
+    def prepare_data(self) -> None:
+        """Runs on one process per node: build the token caches once (jieba + tokenizer)."""
+        tokenizer = load_tokenizer(self.hparams.model_name_or_path, self.hparams.tokenizer_name_or_path)
+        for sources in self._all_sources():
+            load_or_build_many(resolve_sources(sources), tokenizer, self.settings, self.cache_dir)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.streams:
+            return
+        self.tokenizer = load_tokenizer(self.hparams.model_name_or_path, self.hparams.tokenizer_name_or_path)
+        window = self.masking.window_length(self.hparams.max_length)
+        documents, reports = self._load(self.hparams.corpus)
+        train_docs, val_docs = split_train_val([d.document for d in documents], self.hparams.val_fraction,
+                                               self.hparams.seed)
+        by_identity = {(d.document.source, d.document.index): d for d in documents}
+        eos = self.tokenizer.convert_tokens_to_ids("<|endoftext|>")
+        self.streams["train"] = build_stream([by_identity[(d.source, d.index)] for d in train_docs], eos, window)
+        self.streams["val"] = build_stream([by_identity[(d.source, d.index)] for d in val_docs], eos, window)
+        if self.hparams.general_corpus:
+            general, _ = self._load(self.hparams.general_corpus)
+            self.streams["general"] = build_stream(general, eos, self.hparams.max_length)
+        self.ingest_reports = reports
+        self.masker = DynamicMasker(self.masking, InfillTokens.from_tokenizer(self.tokenizer),
+                                    self.hparams.max_length)
+        log.info("style corpus: %d train / %d val documents, %d / %d windows of %d tokens", len(train_docs),
+                 len(val_docs), len(self.streams["train"]), len(self.streams["val"]), window)
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = MaskedWindowDataset(self.streams["train"], self.masker)
+        sampler = EpochIndexSampler(dataset, num_replicas=self._world_size(), rank=self._rank(), shuffle=True,
+                                    seed=self.hparams.seed)
+        return self._loader(dataset, sampler)
+
+    def val_dataloader(self) -> list[DataLoader]:
+        """Style validation with a fixed draw (epoch 0), plus general-domain text as plain LM if given."""
+        loaders = [self._eval_loader(MaskedWindowDataset(self.streams["val"], self.masker))]
+        if "general" in self.streams:
+            loaders.append(self._eval_loader(MaskedWindowDataset(self.streams["general"], None)))
+        return loaders
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return self.val_dataloader()
+
+    @property
+    def val_loader_names(self) -> list[str]:
+        return ["style"] + (["general"] if "general" in self.streams else [])
+
+    def _eval_loader(self, dataset: Dataset) -> DataLoader:
+        sampler = DistributedSampler(dataset, num_replicas=self._world_size(), rank=self._rank(), shuffle=False)
+        return self._loader(dataset, sampler)
+
+    def _loader(self, dataset: Dataset, sampler) -> DataLoader:
+        pad_id = self.tokenizer.pad_token_id
+        return DataLoader(dataset, batch_size=self.hparams.batch_size, sampler=sampler,
+                          num_workers=self.hparams.num_workers,
+                          collate_fn=partial(collate_right_padded, pad_id=pad_id),
+                          persistent_workers=self.hparams.num_workers > 0)
+
+    def _load(self, sources: str | list[str]) -> tuple[list[TokenizedDocument], list]:
+        return load_or_build_many(resolve_sources(sources), self.tokenizer, self.settings, self.cache_dir)
+
+    def _all_sources(self) -> list[str | list[str]]:
+        return [s for s in (self.hparams.corpus, self.hparams.general_corpus) if s]
+
+    def _world_size(self) -> int:
+        return self.trainer.world_size if self.trainer is not None else 1
+
+    def _rank(self) -> int:
+        return self.trainer.global_rank if self.trainer is not None else 0

@@ -1,0 +1,90 @@
+"""Generation with the chat template: replies that stop at <|im_end|> and never start a new turn."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from wuxia_lightning.data.chat_encoding import ensure_chat_template
+from wuxia_lightning.metrics.stopping import classify_generation
+from wuxia_lightning.modeling.stacking import stop_token_ids
+
+Message = dict[str, str]
+
+
+@dataclass
+class GenerationSettings:
+    max_new_tokens: int = 128
+    do_sample: bool = False
+    temperature: float = 0.7
+    top_p: float = 0.9
+    repetition_penalty: float = 1.05
+
+    def kwargs(self) -> dict:
+        sampling = {"temperature": self.temperature, "top_p": self.top_p} if self.do_sample else {}
+        return {"max_new_tokens": self.max_new_tokens, "do_sample": self.do_sample,
+                "repetition_penalty": self.repetition_penalty, **sampling}
+
+
+@dataclass
+class Reply:
+    prompt: str
+    generation: str
+    new_tokens: int
+    stopped: bool             # ended by a stop token before max_new_tokens
+    continues_dialogue: bool  # produced <|im_start|> / a new role header
+
+
+def chat_prompt(tokenizer, messages: Sequence[Message]) -> str:
+    ensure_chat_template(tokenizer)
+    return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+
+
+@torch.no_grad()
+def generate_replies(model, tokenizer, conversations: Sequence[Sequence[Message]],
+                     settings: GenerationSettings, raw_prompts: bool = False) -> list[Reply]:
+    """One reply per conversation (batched, left-padded). ``raw_prompts``: plain continuation of the
+    last user text, no chat template (stage-1 models)."""
+    texts = [conv[-1]["content"] if raw_prompts else chat_prompt(tokenizer, conv) for conv in conversations]
+    stops = stop_token_ids(tokenizer)
+    im_start = tokenizer.convert_tokens_to_ids("<|im_start|>")
+    padding_side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    try:
+        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+    finally:
+        tokenizer.padding_side = padding_side
+    output = model.generate(**batch, eos_token_id=stops, pad_token_id=tokenizer.pad_token_id,
+                            **settings.kwargs())
+    replies = []
+    for text, row in zip(texts, output[:, batch["input_ids"].shape[1]:].tolist(), strict=True):
+        tokens = _strip_padding(row, tokenizer.pad_token_id, stops)
+        stopped, continued = classify_generation(tokens, set(stops), im_start, settings.max_new_tokens)
+        replies.append(Reply(text, tokenizer.decode(tokens, skip_special_tokens=True).strip(), len(tokens),
+                             stopped, continued))
+    return replies
+
+
+def stream_reply(model, tokenizer, messages: Sequence[Message], settings: GenerationSettings) -> Iterator[str]:
+    """Yield the reply text piece by piece as it is generated (interactive chat)."""
+    from threading import Thread
+
+    from transformers import TextIteratorStreamer
+
+    inputs = tokenizer(chat_prompt(tokenizer, messages), return_tensors="pt", add_special_tokens=False)
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    kwargs = dict(**inputs.to(model.device), streamer=streamer, eos_token_id=stop_token_ids(tokenizer),
+                  pad_token_id=tokenizer.pad_token_id, **settings.kwargs())
+    thread = Thread(target=model.generate, kwargs=kwargs, daemon=True)
+    thread.start()
+    yield from streamer
+    thread.join()
+
+
+def _strip_padding(tokens: list[int], pad_id: int | None, stops: list[int]) -> list[int]:
+    """Generated ids up to and including the first stop token (generate pads finished rows)."""
+    for i, token in enumerate(tokens):
+        if token in stops:
+            return tokens[: i + 1]
+    return [t for t in tokens if t != pad_id] if pad_id not in stops else tokens

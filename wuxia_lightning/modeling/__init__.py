@@ -1,0 +1,1 @@
+"""Modeling: base models, tokenizers, quantisation, tiny offline models, adapter stacking."""

@@ -1,0 +1,75 @@
+"""LoRA adapters: creation, freezing, and atomic saving in peft's own layout."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+ALL_LINEAR = "all-linear"
+
+
+def lora_config(r: int, alpha: int, dropout: float, target_modules: str | Sequence[str] = ALL_LINEAR):
+    from peft import LoraConfig
+
+    targets = target_modules if isinstance(target_modules, str) else list(target_modules)
+    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
+                      bias="none", task_type="CAUSAL_LM")
+
+
+def trainable_names(model: torch.nn.Module) -> set[str]:
+    return {name for name, param in model.named_parameters() if param.requires_grad}
+
+
+def restore_trainable(model: torch.nn.Module, names: set[str]) -> None:
+    """Make exactly ``names`` trainable. peft flips requires_grad on leaving ``disable_adapter()`` and on
+    ``set_adapter``; we re-assert the set we meant instead of trusting either (PITFALLS.md)."""
+    for name, param in model.named_parameters():
+        param.requires_grad_(name in names)
+
+
+def save_adapter_atomically(peft_model, adapter_name: str, out_dir: str | Path, tokenizer=None,
+                            manifest: dict | None = None) -> Path:
+    """Write one adapter so that ``out_dir`` is a plain peft adapter folder, replacing it atomically.
+
+    A reader never sees a half-written folder: we write beside it, then swap.
+    """
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        peft_model.save_pretrained(staging, selected_adapters=[adapter_name])
+        # peft writes adapters other than "default" to <dir>/<name>/; flatten to a plain adapter folder.
+        nested = staging / adapter_name
+        if nested.is_dir():
+            for item in nested.iterdir():
+                os.replace(item, staging / item.name)
+            nested.rmdir()
+        if tokenizer is not None:
+            tokenizer.save_pretrained(staging)
+        if manifest is not None:
+            (staging / "wuxia_manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=2),
+                                                         encoding="utf-8")
+        replace_dir(staging, out_dir)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return out_dir
+
+
+def replace_dir(new: Path, target: Path) -> None:
+    """Swap ``new`` into ``target``'s place; the old contents are removed only after the swap."""
+    if target.exists():
+        retired = target.with_name(f".{target.name}.old")
+        if retired.exists():
+            shutil.rmtree(retired)
+        os.replace(target, retired)
+        os.replace(new, target)
+        shutil.rmtree(retired)
+    else:
+        os.replace(new, target)

@@ -1,0 +1,77 @@
+"""Loading base models and tokenizers: hub id, local folder or a tiny offline model; optional 4-bit."""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+import torch
+
+from wuxia_lightning.modeling.tiny import resolve_model_path
+
+Precision = Literal["float32", "bfloat16", "float16"]
+Quantization = Literal["none", "4bit"]
+
+
+def load_tokenizer(model_name_or_path: str, tokenizer_name_or_path: str | None = None):
+    """The tokenizer of the model (or an explicit one), padded on the right for training."""
+    from transformers import AutoTokenizer
+
+    source = tokenizer_name_or_path or resolve_model_path(model_name_or_path, tokenizer_name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def load_base_model(model_name_or_path: str, *, tokenizer_name_or_path: str | None = None,
+                    dtype: Precision = "float32", quantization: Quantization = "none",
+                    gradient_checkpointing: bool = False, attn_implementation: str | None = None):
+    """A causal LM ready for adapters: frozen, optionally nf4-quantised, checkpointing on request.
+
+    4-bit goes through transformers' ``BitsAndBytesConfig`` (Lightning's bnb plugin skips models that
+    already hold bnb layers). We deliberately avoid ``prepare_model_for_kbit_training``: it upcasts every
+    non-quantised weight to fp32 and can make QLoRA use more memory than bf16 LoRA.
+    """
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    path = resolve_model_path(model_name_or_path, tokenizer_name_or_path)
+    torch_dtype = getattr(torch, dtype)
+    kwargs: dict = {"dtype": torch_dtype}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    if quantization == "4bit":
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch_dtype if torch_dtype != torch.float32 else torch.float32,
+        )
+        kwargs["device_map"] = _quantized_device_map()
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    model.requires_grad_(False)
+    if quantization == "4bit":
+        disable_cpu_4bit_repacking(model)
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()  # frozen embeddings: checkpointed blocks still need a grad path
+    model.config.use_cache = False
+    return model
+
+
+def disable_cpu_4bit_repacking(model: torch.nn.Module) -> None:
+    """bnb on AVX512-BF16 CPUs repacks 4-bit weights in eval mode and never unpacks them, which breaks
+    the next training forward (PITFALLS.md); switching that path off keeps train/eval interleaving safe."""
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        return
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
+
+
+def _quantized_device_map() -> dict[str, int | str]:
+    """bnb layers must be created on their rank's device (DDP + QLoRA, TRL 921)."""
+    if torch.cuda.is_available():
+        return {"": int(os.environ.get("LOCAL_RANK", 0))}
+    return {"": "cpu"}

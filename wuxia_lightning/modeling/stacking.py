@@ -1,0 +1,105 @@
+"""Two LoRA adapters on one base: the frozen stage-1 ``style`` under a trainable stage-2 ``instruct``.
+
+peft's ``from_pretrained`` loads one adapter; a stacked folder needs both loaded *and* active, which no
+plain transformers/peft call does. ``load_stacked`` is the one call that restores a stacked folder
+exactly as it was trained.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from wuxia_lightning.errors import UserInputError
+from wuxia_lightning.modeling.adapters import replace_dir
+from wuxia_lightning.modeling.loading import Precision, Quantization, load_base_model
+
+STYLE, INSTRUCT = "style", "instruct"
+MANIFEST = "wuxia_manifest.json"
+
+
+def read_manifest(folder: str | Path) -> dict:
+    path = Path(folder) / MANIFEST
+    if not path.exists():
+        raise UserInputError(f"no {MANIFEST}: not a wuxia_lightning output folder", path=str(folder))
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def attach_style(base: torch.nn.Module, style_dir: str | Path, trainable: bool = False):
+    """Wrap ``base`` with the stage-1 adapter under the name ``style``."""
+    from peft import PeftModel
+
+    style_dir = Path(style_dir)
+    if not (style_dir / "adapter_config.json").exists():
+        raise UserInputError("not a peft adapter folder (no adapter_config.json); pass a stage-1 "
+                             "--model.output_dir as --model.style_adapter", path=str(style_dir))
+    return PeftModel.from_pretrained(base, str(style_dir), adapter_name=STYLE, is_trainable=trainable)
+
+
+def activate(peft_model, adapters: list[str]) -> None:
+    """Make every adapter in ``adapters`` active. peft's ``set_adapter`` on the LoRA model takes a list
+    but also marks them all trainable; callers re-assert the trainable set afterwards."""
+    peft_model.base_model.set_adapter(adapters)
+
+
+def save_stacked(peft_model, out_dir: str | Path, tokenizer, manifest: dict) -> Path:
+    """Both adapters in peft's layout (``style/``, ``instruct/``), tokenizer, generation config, manifest."""
+    import tempfile
+
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    peft_model.save_pretrained(str(staging), selected_adapters=manifest["adapters"])
+    tokenizer.save_pretrained(str(staging))
+    generation_config(tokenizer).save_pretrained(str(staging))
+    (staging / MANIFEST).write_text(json.dumps(manifest, ensure_ascii=False, indent=2, default=str),
+                                    encoding="utf-8")
+    for extra in ("predictions.jsonl", "summary.json"):  # keep earlier predictions that live in the folder
+        if (out_dir / extra).exists():
+            (out_dir / extra).replace(staging / extra)
+    replace_dir(staging, out_dir)
+    return out_dir
+
+
+def generation_config(tokenizer):
+    """Stop on <|im_end|> as well as EOS: a Qwen2.5 base config's eos is <|endoftext|> (151643) while chat
+    turns end with <|im_end|> (151645)."""
+    from transformers import GenerationConfig
+
+    return GenerationConfig(eos_token_id=stop_token_ids(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                            do_sample=False, max_new_tokens=256)
+
+
+def stop_token_ids(tokenizer) -> list[int]:
+    ids = [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
+    ids.append(tokenizer.eos_token_id)
+    return sorted({i for i in ids if i is not None and i != tokenizer.unk_token_id})
+
+
+def load_stacked(folder: str | Path, *, model_name_or_path: str | None = None, dtype: Precision = "float32",
+                 quantization: Quantization = "none"):
+    """Restore a stacked (or stage-1) output folder: base + its adapters, all active, frozen, eval mode.
+
+    Returns (peft_model, tokenizer). ``model_name_or_path`` overrides the base named in the manifest
+    (e.g. a local copy of the hub model).
+    """
+    from transformers import AutoTokenizer
+
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    base = load_base_model(model_name_or_path or manifest["base_model"],
+                           tokenizer_name_or_path=manifest.get("tokenizer"), dtype=dtype,
+                           quantization=quantization)
+    adapters = manifest["adapters"]
+    if adapters == [STYLE] and (folder / "adapter_config.json").exists():  # a stage-1 output folder
+        model = attach_style(base, folder)
+    else:
+        model = attach_style(base, folder / adapters[0])
+        for name in adapters[1:]:
+            model.load_adapter(str(folder / name), adapter_name=name)
+        activate(model, adapters)
+    model.requires_grad_(False)
+    model.eval()
+    return model, AutoTokenizer.from_pretrained(str(folder))

@@ -1,0 +1,147 @@
+"""Tiny Qwen2/Qwen3 models built offline, so every path runs without the hub.
+
+The tokenizer is either trained here with the `tokenizers` library (byte-level BPE, so any text
+round-trips) and given Qwen's special tokens and a ChatML template, or the real Qwen2.5 tokenizer
+files when a folder holding them is given. The model gets tiny dimensions and random weights; it
+loads with plain ``AutoModelForCausalLM.from_pretrained`` like any hub checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import torch
+
+# Qwen's special tokens, in Qwen's id order, so the trained tokenizer mirrors the real one's layout.
+QWEN_SPECIAL_TOKENS: tuple[str, ...] = (
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>",
+    "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>",
+)
+ARCHITECTURES = ("qwen2", "qwen3")
+TINY_PREFIX = "tiny-"
+DEFAULT_TRAIN_TEXT = Path(__file__).resolve().parents[2] / "data" / "sample" / "style"
+
+
+def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 4000):
+    """A byte-level BPE tokenizer with Qwen's special tokens and a ChatML chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from wuxia_lightning.data.chat_encoding import CHATML_TEMPLATE
+
+    backend = Tokenizer(models.BPE())
+    # Byte level without the GPT-2 regex, like Qwen: Chinese has no spaces to split on anyway.
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=list(QWEN_SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )
+    backend.train_from_iterator(texts, trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+        additional_special_tokens=list(QWEN_SPECIAL_TOKENS[1:]), clean_up_tokenization_spaces=False,
+    )
+    tokenizer.chat_template = CHATML_TEMPLATE
+    return tokenizer
+
+
+def sample_texts(folder: Path = DEFAULT_TRAIN_TEXT) -> list[str]:
+    """Texts of the shipped sample corpus (any encoding), to train the tiny tokenizer on."""
+    from wuxia_lightning.data.corpus import read_corpus
+
+    documents, _ = read_corpus(str(folder), to_simplified=False)
+    texts = [doc.text for doc in documents]
+    # Simplified forms too, so the converted corpus tokenizes as compactly as the original.
+    import opencc
+
+    converter = opencc.OpenCC("t2s")
+    return texts + [converter.convert(text) for text in texts]
+
+
+def tiny_config(arch: str, tokenizer, hidden_size: int = 64, layers: int = 2):
+    """A Qwen2/Qwen3 config of tiny dimensions whose vocabulary fits ``tokenizer``."""
+    from transformers import Qwen2Config, Qwen3Config
+
+    vocab_size = _round_up(len(tokenizer), 64)  # Qwen pads its embedding matrix the same way
+    common = dict(
+        vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=hidden_size * 3,
+        num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+        max_position_embeddings=4096, tie_word_embeddings=True,
+        bos_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+        # A base model's config ends text with <|endoftext|>, exactly like Qwen2.5 base (the pitfall).
+        eos_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+        pad_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+    )
+    if arch == "qwen2":
+        return Qwen2Config(**common)
+    if arch == "qwen3":
+        return Qwen3Config(head_dim=hidden_size // 4, **common)
+    raise ValueError(f"unknown tiny architecture {arch!r}; choose from {ARCHITECTURES}")
+
+
+def make_tiny_model(out_dir: str | Path, arch: str = "qwen2", tokenizer_path: str | Path | None = None,
+                    seed: int = 0, texts: Sequence[str] | None = None) -> Path:
+    """Save a tiny causal LM plus tokenizer to ``out_dir`` (written atomically) and return it."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if tokenizer_path is not None:
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_path))
+    else:
+        tokenizer = train_bpe_tokenizer(texts if texts is not None else sample_texts())
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(arch, tokenizer))
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=out_dir.parent))
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    try:
+        os.replace(staging, out_dir)  # atomic: readers never see a half-written model
+    except OSError as error:  # the folder exists: never overwrite what is there
+        shutil.rmtree(staging)
+        raise FileExistsError(f"{out_dir} already exists; not overwriting it") from error
+    return out_dir
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("WUXIA_CACHE", Path.home() / ".cache" / "wuxia_lightning"))
+
+
+def resolve_model_path(spec: str, tokenizer_path: str | None = None) -> str:
+    """Turn ``tiny-qwen2`` / ``tiny-qwen3`` into a cached local folder (built on first use).
+
+    Any other value is returned unchanged: a hub id or local folder for ``from_pretrained``.
+    """
+    if not spec.startswith(TINY_PREFIX):
+        return spec
+    arch = spec[len(TINY_PREFIX):]
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown tiny model {spec!r}; choose from {[TINY_PREFIX + a for a in ARCHITECTURES]}")
+    key = _tokenizer_key(tokenizer_path)
+    folder = cache_root() / "tiny" / f"{arch}-{key}"
+    if not (folder / "config.json").exists():
+        try:
+            make_tiny_model(folder, arch, tokenizer_path)
+        except FileExistsError:  # another rank or process built it first
+            pass
+    return str(folder)
+
+
+def _tokenizer_key(tokenizer_path: str | None) -> str:
+    """Cache key: the tokenizer files' content, or the sample corpus the tokenizer is trained on."""
+    digest = hashlib.sha256(b"v1")
+    folder = Path(tokenizer_path) if tokenizer_path else DEFAULT_TRAIN_TEXT
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return ("qwen-tok-" if tokenizer_path else "sample-") + digest.hexdigest()[:12]
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return (value + multiple - 1) // multiple * multiple

@@ -1,0 +1,208 @@
+"""Stage 2: InstructModule — a trainable ``instruct`` adapter stacked on the frozen, active ``style``.
+
+The seed's diagnosis: training the stage-1 adapter further on instructions fights the style it learnt.
+Here both adapters are active in every forward (their LoRA deltas add up) and only ``instruct`` gets
+gradients. ``adapter_mode: continue_style`` keeps the seed's old approach (one adapter, trained on) so
+the two can be compared.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from wuxia_lightning.generation import GenerationSettings, generate_replies
+from wuxia_lightning.metrics.perplexity import TokenPerplexity
+from wuxia_lightning.metrics.stopping import StopRate
+from wuxia_lightning.modeling.adapters import ALL_LINEAR, lora_config, restore_trainable
+from wuxia_lightning.modeling.loading import Precision, Quantization, load_base_model, load_tokenizer
+from wuxia_lightning.modeling.stacking import (
+    INSTRUCT,
+    MANIFEST,
+    STYLE,
+    activate,
+    attach_style,
+    load_stacked,
+    save_stacked,
+)
+from wuxia_lightning.modules.common import AdapterModule, check_output_dir
+
+AdapterMode = Literal["stacked", "continue_style"]
+
+
+class InstructModule(AdapterModule):
+    """Instruction tuning on chat data; loss only on assistant replies and their <|im_end|>.
+
+    Args:
+        model_name_or_path: the base model the style adapter was trained on.
+        tokenizer_name_or_path: tokenizer folder if not the model's.
+        style_adapter: the stage-1 output folder (a peft adapter).
+        adapter_mode: "stacked" (new instruct adapter on frozen style) or "continue_style" (the seed's old
+            approach: keep training the style adapter itself).
+        lora_r / lora_alpha / lora_dropout / lora_target_modules: the new instruct adapter (seed: 64/128).
+        dtype / quantization / gradient_checkpointing: as in stage 1.
+        learning_rate / weight_decay / warmup_steps / loss_chunk_size: optimisation.
+        output_dir: the stacked folder (both adapters, tokenizer, generation config, manifest); predict
+            loads the model from here and writes predictions.jsonl into it.
+        overwrite_output: allow replacing an existing, non-empty output_dir / predictions file.
+        max_new_tokens / do_sample / temperature / top_p: generation in predict.
+    """
+
+    def __init__(self, model_name_or_path: str = "tiny-qwen2", tokenizer_name_or_path: str | None = None,
+                 style_adapter: str | None = None, adapter_mode: AdapterMode = "stacked", lora_r: int = 64,
+                 lora_alpha: int = 128, lora_dropout: float = 0.05,
+                 lora_target_modules: str | list[str] = ALL_LINEAR, dtype: Precision = "float32",
+                 quantization: Quantization = "none", gradient_checkpointing: bool = False,
+                 learning_rate: float = 1e-4, weight_decay: float = 0.0, warmup_steps: int = 10,
+                 loss_chunk_size: int = 1024, output_dir: str | None = None, overwrite_output: bool = False,
+                 max_new_tokens: int = 128, do_sample: bool = False, temperature: float = 0.7,
+                 top_p: float = 0.9) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.peft_model = None
+        self.val_ppl = TokenPerplexity()
+        self.stop_rate = StopRate()
+        self.predictions: list[dict] = []
+
+    # ---- model ----------------------------------------------------------------------------------
+    def configure_model(self) -> None:
+        if self.peft_model is not None:
+            return
+        hp = self.hparams
+        if self._serving():
+            self.peft_model, _ = load_stacked(hp.output_dir, model_name_or_path=hp.model_name_or_path,
+                                              dtype=hp.dtype, quantization=hp.quantization)
+            self.adapters = read_adapters(hp.output_dir)
+            return
+        if not hp.style_adapter:
+            raise ValueError("--model.style_adapter is required: a stage-1 output folder")
+        base = load_base_model(hp.model_name_or_path, tokenizer_name_or_path=hp.tokenizer_name_or_path,
+                               dtype=hp.dtype, quantization=hp.quantization,
+                               gradient_checkpointing=hp.gradient_checkpointing)
+        continue_style = hp.adapter_mode == "continue_style"
+        self.peft_model = attach_style(base, hp.style_adapter, trainable=continue_style)
+        if continue_style:
+            self.adapters = [STYLE]
+        else:
+            self.peft_model.add_adapter(INSTRUCT, lora_config(hp.lora_r, hp.lora_alpha, hp.lora_dropout,
+                                                              hp.lora_target_modules))
+            self.adapters = [STYLE, INSTRUCT]
+        activate(self.peft_model, self.adapters)
+        trained = self.adapters[-1]
+        restore_trainable(self.peft_model, {n for n, _ in self.peft_model.named_parameters()
+                                            if "lora_" in n and f".{trained}." in n})
+        self.style_snapshot = {n: p.detach().clone() for n, p in self.peft_model.named_parameters()
+                               if f".{STYLE}." in n}
+        assert_trainable_only(self.peft_model, trained)
+
+    def _serving(self) -> bool:
+        """validate/test/predict without a checkpoint: use the trained stacked folder as it is on disk."""
+        stage = self._trainer.state.fn if self._trainer is not None else None
+        folder = self.hparams.output_dir
+        return (stage in ("predict", "validate", "test") and folder is not None
+                and (Path(folder) / MANIFEST).exists() and self._trainer.ckpt_path is None)
+
+    # ---- training -------------------------------------------------------------------------------
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        sums = self.token_losses(batch, chunk_size=self.hparams.loss_chunk_size)
+        loss = sums.mean_ce()
+        ppl = torch.exp(sums.nll / sums.tokens.clamp_min(1))
+        self.log_dict({"train/loss": loss, "train/ppl": ppl}, on_step=True, prog_bar=True,
+                      batch_size=batch["input_ids"].shape[0])
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        sums = self.token_losses(batch, chunk_size=self.hparams.loss_chunk_size)
+        size = batch["input_ids"].shape[0]
+        self.val_ppl.update(sums.nll.detach().double(), sums.tokens)
+        self.log("val/loss", sums.mean_ce(), on_epoch=True, batch_size=size, sync_dist=True)
+        self.log("val/ppl", self.val_ppl, on_epoch=True, batch_size=size)
+
+    def on_fit_start(self) -> None:
+        check_output_dir(self.hparams.output_dir, self.hparams.overwrite_output,
+                         resuming=self.trainer.ckpt_path is not None)
+
+    def on_fit_end(self) -> None:
+        if self.hparams.adapter_mode == "stacked":
+            verify_unchanged(self.peft_model, self.style_snapshot)
+        self.save_outputs()
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
+        self.save_outputs()
+
+    def save_outputs(self) -> None:
+        hp = self.hparams
+        if hp.output_dir is None or self.trainer.global_rank != 0:
+            return
+        tokenizer = load_tokenizer(hp.model_name_or_path, hp.tokenizer_name_or_path)
+        from wuxia_lightning.data.chat_encoding import ensure_chat_template
+
+        ensure_chat_template(tokenizer)
+        manifest = {"stage": "instruct", "base_model": hp.model_name_or_path,
+                    "tokenizer": hp.tokenizer_name_or_path, "adapters": self.adapters,
+                    "adapter_origin": {STYLE: str(Path(hp.style_adapter).resolve()),
+                                       **({INSTRUCT: "trained here"} if INSTRUCT in self.adapters else {})},
+                    "adapter_mode": hp.adapter_mode, "chat_template": tokenizer.chat_template,
+                    "training": dict(hp)}
+        save_stacked(self.peft_model, hp.output_dir, tokenizer, manifest)
+
+    # ---- prediction -----------------------------------------------------------------------------
+    def predict_step(self, batch: list[list[dict[str, str]]], batch_idx: int) -> list[dict]:
+        tokenizer = self.trainer.datamodule.tokenizer
+        settings = GenerationSettings(self.hparams.max_new_tokens, self.hparams.do_sample,
+                                      self.hparams.temperature, self.hparams.top_p)
+        replies = generate_replies(self.peft_model, tokenizer, batch, settings)
+        rows = [{"prompt": conv[-1]["content"], "messages": conv, "generation": r.generation,
+                 "new_tokens": r.new_tokens, "stopped": r.stopped, "continues_dialogue": r.continues_dialogue}
+                for conv, r in zip(batch, replies, strict=True)]
+        self.stop_rate.update(torch.tensor([r.stopped for r in replies]),
+                              torch.tensor([r.continues_dialogue for r in replies]))
+        self.predictions.extend(rows)
+        return rows
+
+    def on_predict_epoch_end(self) -> None:
+        summary = {k: float(v) for k, v in self.stop_rate.compute().items()}
+        summary["prompts"] = len(self.predictions)
+        if self.hparams.output_dir and self.trainer.global_rank == 0:
+            write_predictions(Path(self.hparams.output_dir), self.predictions, summary,
+                              self.hparams.overwrite_output)
+        self.stop_rate.reset()
+
+
+def read_adapters(folder: str | Path) -> list[str]:
+    return json.loads((Path(folder) / MANIFEST).read_text(encoding="utf-8"))["adapters"]
+
+
+def assert_trainable_only(peft_model: torch.nn.Module, adapter: str) -> None:
+    """Exactly the LoRA tensors of ``adapter`` are trainable (peft has flipped this before: PITFALLS.md)."""
+    wrong = [n for n, p in peft_model.named_parameters() if p.requires_grad != ("lora_" in n and f".{adapter}." in n)]
+    if wrong:
+        raise RuntimeError(f"trainable set is not exactly the '{adapter}' LoRA weights: {wrong[:5]} …")
+
+
+def verify_unchanged(peft_model: torch.nn.Module, snapshot: dict[str, torch.Tensor]) -> None:
+    """Fail loudly if any frozen style tensor changed by even one bit during training."""
+    current = dict(peft_model.named_parameters())
+    changed = [n for n, before in snapshot.items() if not torch.equal(current[n].detach().cpu(), before.cpu())]
+    if changed or not snapshot:
+        raise RuntimeError(f"frozen '{STYLE}' adapter changed during training: {changed[:5]}")
+
+
+def write_predictions(folder: Path, rows: list[dict], summary: dict, overwrite: bool) -> None:
+    from wuxia_lightning.errors import UserInputError
+
+    target = folder / "predictions.jsonl"
+    if target.exists() and not overwrite:
+        raise UserInputError("predictions file exists; pass --model.overwrite_output true to replace it",
+                             path=str(target))
+    folder.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_suffix(".jsonl.tmp")
+    with temporary.open("w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    temporary.replace(target)
+    (folder / "summary.json").write_text(json.dumps(summary, ensure_ascii=False, indent=2), encoding="utf-8")

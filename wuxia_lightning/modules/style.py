@@ -1,0 +1,136 @@
+"""Stage 1: StyleAlignmentModule — LoRA "style" adapter, loss = cloze CE + β·KL(policy ‖ reference).
+
+The reference is the same base model with the adapter disabled: one extra forward pass, no second copy
+of the weights. β = 0 skips that pass entirely.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from wuxia_lightning.data.masking import MODES
+from wuxia_lightning.metrics.perplexity import TokenPerplexity
+from wuxia_lightning.modeling.adapters import (
+    ALL_LINEAR,
+    lora_config,
+    restore_trainable,
+    save_adapter_atomically,
+    trainable_names,
+)
+from wuxia_lightning.modeling.loading import Precision, Quantization, load_base_model, load_tokenizer
+from wuxia_lightning.modules.common import AdapterModule, check_output_dir
+
+ADAPTER = "style"
+
+
+class StyleAlignmentModule(AdapterModule):
+    """Trains the ``style`` LoRA adapter on masked novel windows.
+
+    Args:
+        model_name_or_path: hub id, local folder, or ``tiny-qwen2`` / ``tiny-qwen3`` (built offline).
+        tokenizer_name_or_path: tokenizer folder if not the model's (tiny models are built around it).
+        kl_beta: weight of KL(policy‖reference). Larger keeps the model closer to the base (less style
+            shift, less drift); smaller lets the style move further. 0 disables the reference pass.
+        lora_r / lora_alpha / lora_dropout / lora_target_modules: the adapter ("all-linear" = every
+            linear projection of the blocks).
+        dtype: weights and compute dtype of the base ("bfloat16" on recent GPUs).
+        quantization: "4bit" loads the base in nf4 with double quantisation (QLoRA).
+        gradient_checkpointing: recompute block activations in backward to save memory.
+        learning_rate / weight_decay / warmup_steps: AdamW with cosine decay after linear warmup.
+        loss_chunk_size: positions per chunk of the LM head in the loss (peak ≈ chunk × vocab floats).
+        output_dir: where the adapter is written (peft format) at each checkpoint and at the end of fit.
+        overwrite_output: allow replacing an existing, non-empty ``output_dir``.
+    """
+
+    def __init__(self, model_name_or_path: str = "tiny-qwen2", tokenizer_name_or_path: str | None = None,
+                 kl_beta: float = 0.1, lora_r: int = 16, lora_alpha: int = 32, lora_dropout: float = 0.05,
+                 lora_target_modules: str | list[str] = ALL_LINEAR, dtype: Precision = "float32",
+                 quantization: Quantization = "none", gradient_checkpointing: bool = False,
+                 learning_rate: float = 2e-4, weight_decay: float = 0.0, warmup_steps: int = 10,
+                 loss_chunk_size: int = 1024, output_dir: str | None = None,
+                 overwrite_output: bool = False) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.peft_model = None
+        self.val_ppl = torch.nn.ModuleDict({"style": TokenPerplexity(), "general": TokenPerplexity()})
+
+    def configure_model(self) -> None:
+        if self.peft_model is not None:
+            return
+        from peft import get_peft_model
+
+        hp = self.hparams
+        base = load_base_model(hp.model_name_or_path, tokenizer_name_or_path=hp.tokenizer_name_or_path,
+                               dtype=hp.dtype, quantization=hp.quantization,
+                               gradient_checkpointing=hp.gradient_checkpointing)
+        config = lora_config(hp.lora_r, hp.lora_alpha, hp.lora_dropout, hp.lora_target_modules)
+        self.peft_model = get_peft_model(base, config, adapter_name=ADAPTER)
+        self._trainable = trainable_names(self.peft_model)
+
+    # ---- loss -----------------------------------------------------------------------------------
+    def reference_hidden(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        if self.hparams.kl_beta == 0:
+            return None
+        with torch.no_grad(), self.peft_model.disable_adapter():
+            hidden = self.hidden_states(batch)
+        restore_trainable(self.peft_model, self._trainable)  # leaving disable_adapter() re-enables grads
+        return hidden
+
+    def step_losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        ref_hidden = self.reference_hidden(batch)
+        sums = self.token_losses(batch, ref_hidden, chunk_size=self.hparams.loss_chunk_size)
+        ce, kl = sums.mean_ce(), sums.mean_kl()
+        return {"loss": ce + self.hparams.kl_beta * kl, "ce": ce, "kl": kl, "nll": sums.nll, "tokens": sums.tokens}
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        out = self.step_losses(batch)
+        size = batch["input_ids"].shape[0]
+        ppl = torch.exp(out["nll"] / out["tokens"].clamp_min(1))
+        self.log_dict({"train/loss": out["loss"], "train/ce": out["ce"], "train/kl": out["kl"],
+                       "train/ppl": ppl}, on_step=True, prog_bar=True, batch_size=size)
+        self.log_dict(mode_shares(batch["mode"]), on_step=True, batch_size=size)
+        return out["loss"]
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        name = self._loader_name(dataloader_idx)
+        out = self.step_losses(batch)
+        size = batch["input_ids"].shape[0]
+        self.val_ppl[name].update(out["nll"].detach().double(), out["tokens"])
+        self.log_dict({f"val_{name}/loss": out["loss"], f"val_{name}/ce": out["ce"], f"val_{name}/kl": out["kl"]},
+                      on_epoch=True, batch_size=size, add_dataloader_idx=False, sync_dist=True)
+        self.log(f"val_{name}/ppl", self.val_ppl[name], on_epoch=True, batch_size=size, add_dataloader_idx=False)
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self.validation_step(batch, batch_idx, dataloader_idx)
+
+    def _loader_name(self, dataloader_idx: int) -> str:
+        names: Sequence[str] = getattr(self.trainer.datamodule, "val_loader_names", ["style", "general"])
+        return names[dataloader_idx]
+
+    # ---- outputs --------------------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        check_output_dir(self.hparams.output_dir, self.hparams.overwrite_output,
+                         resuming=self.trainer.ckpt_path is not None)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
+        self.save_adapter()
+
+    def on_fit_end(self) -> None:
+        self.save_adapter()
+
+    def save_adapter(self) -> None:
+        if self.hparams.output_dir is None or self.trainer.global_rank != 0:
+            return
+        tokenizer = load_tokenizer(self.hparams.model_name_or_path, self.hparams.tokenizer_name_or_path)
+        manifest = {"stage": "style", "adapters": [ADAPTER], "base_model": self.hparams.model_name_or_path,
+                    "training": dict(self.hparams)}
+        save_adapter_atomically(self.peft_model, ADAPTER, self.hparams.output_dir, tokenizer, manifest)
+
+
+def mode_shares(modes: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Share of each masking mode in the batch (float, for logging)."""
+    counts = torch.bincount(modes, minlength=len(MODES)).float() / max(1, modes.numel())
+    return {f"train/share_{mode}": counts[i] for i, mode in enumerate(MODES)}

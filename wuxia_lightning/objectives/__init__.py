@@ -1,0 +1,1 @@
+"""Objectives: token losses computed in chunks so full B×T×V logits never exist."""

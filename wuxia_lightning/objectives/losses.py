@@ -1,0 +1,82 @@
+"""Cloze cross-entropy and KL(policy ‖ reference), chunked over loss positions.
+
+The models hand us final hidden states (N×d, small); logits are made one chunk of positions at a time
+and recomputed in backward (activation checkpointing), so peak loss memory is ~chunk×V instead of
+several B×T×V tensors (Qwen: V = 151,936, one fp32 logits tensor at 4×512 tokens is 1.2 GB).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class TokenLossSums:
+    """Weighted sums over loss positions; averages are taken by the caller (per token, across a batch)."""
+
+    ce: torch.Tensor          # Σ w·CE
+    kl: torch.Tensor          # Σ w·KL(policy‖ref) (zero when there is no reference)
+    weight: torch.Tensor      # Σ w
+    nll: torch.Tensor         # Σ CE, unweighted (for perplexity)
+    tokens: torch.Tensor      # number of loss positions
+
+    def mean_ce(self) -> torch.Tensor:
+        return self.ce / self.weight.clamp_min(1e-12)
+
+    def mean_kl(self) -> torch.Tensor:
+        return self.kl / self.weight.clamp_min(1e-12)
+
+
+def select_loss_positions(hidden: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Shift for next-token prediction and keep positions whose label is not IGNORE_INDEX.
+
+    Returns (hidden N×d, targets N, weights N, mask B×(T-1)); the mask selects the same positions
+    from a reference model's hidden states.
+    """
+    targets = labels[:, 1:]
+    mask = targets != IGNORE_INDEX
+    shifted_weights = weights[:, 1:] if weights is not None else torch.ones_like(targets, dtype=hidden.dtype)
+    return hidden[:, :-1][mask], targets[mask], shifted_weights[mask].to(hidden.dtype), mask
+
+
+def chunked_ce_kl(hidden: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor,
+                  head: Callable[[torch.Tensor], torch.Tensor], ref_hidden: torch.Tensor | None = None,
+                  chunk_size: int = 1024, compute_dtype: torch.dtype = torch.float32) -> TokenLossSums:
+    """Sums of CE and KL(P_policy ‖ P_ref) over all N positions, full vocabulary, ``chunk_size`` at a time.
+
+    ``head`` maps hidden states to logits (the LM head); ``ref_hidden`` are the reference model's
+    hidden states at the same positions (no gradient), or None to skip the KL term.
+    """
+    zero = hidden.new_zeros((), dtype=compute_dtype)
+    ce_sum, kl_sum, nll_sum = zero, zero, zero
+    for start in range(0, hidden.shape[0], chunk_size):
+        end = start + chunk_size
+        ref_chunk = ref_hidden[start:end] if ref_hidden is not None else None
+        args = (hidden[start:end], targets[start:end], weights[start:end].to(compute_dtype), ref_chunk)
+        ce, kl, nll = _chunk_terms(head, compute_dtype, *args) if not torch.is_grad_enabled() else checkpoint(
+            _chunk_terms, head, compute_dtype, *args, use_reentrant=False)
+        ce_sum, kl_sum, nll_sum = ce_sum + ce, kl_sum + kl, nll_sum + nll
+    return TokenLossSums(ce=ce_sum, kl=kl_sum, weight=weights.to(compute_dtype).sum(), nll=nll_sum,
+                         tokens=torch.tensor(hidden.shape[0], device=hidden.device))
+
+
+def _chunk_terms(head: Callable[[torch.Tensor], torch.Tensor], compute_dtype: torch.dtype,
+                 hidden: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor,
+                 ref_hidden: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    log_probs = torch.log_softmax(head(hidden).to(compute_dtype), dim=-1)
+    nll = -log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    kl = nll.new_zeros(())
+    if ref_hidden is not None:
+        with torch.no_grad():
+            ref_log_probs = torch.log_softmax(head(ref_hidden).to(compute_dtype), dim=-1)
+        # KL(p‖q) = Σ_v p_v (log p_v − log q_v), exact over the whole vocabulary.
+        per_token_kl = (log_probs.exp() * (log_probs - ref_log_probs)).sum(-1)
+        kl = (weights * per_token_kl).sum()
+    return (weights * nll).sum(), kl, nll.sum()
