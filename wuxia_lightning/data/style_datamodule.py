@@ -104,6 +104,7 @@ class StyleDataModule(L.LightningDataModule):
         self.cache_dir = Path(cache_dir) if cache_dir else cache_root() / "tokens"
         self.tokenizer = None
         self.streams: dict[str, TokenStream] = {}
+        self.split_documents: dict[str, list] = {}
 
     def prepare_data(self) -> None:
         """Runs on one process per node: build the token caches once (jieba + tokenizer)."""
@@ -119,6 +120,7 @@ class StyleDataModule(L.LightningDataModule):
         documents, reports = self._load(self.hparams.corpus)
         train_docs, val_docs = split_train_val([d.document for d in documents], self.hparams.val_fraction,
                                                self.hparams.seed)
+        self.split_documents = {"train": train_docs, "val": val_docs}
         by_identity = {(d.document.source, d.document.index): d for d in documents}
         eos = self.tokenizer.convert_tokens_to_ids("<|endoftext|>")
         self.streams["train"] = build_stream([by_identity[(d.source, d.index)] for d in train_docs], eos, window)

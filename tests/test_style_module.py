@@ -1,0 +1,76 @@
+"""StyleAlignmentModule on a tiny real Qwen2 model: reference = base, β = 0 skips it, frozen base."""
+
+from __future__ import annotations
+
+import torch
+from transformers import AutoModelForCausalLM
+
+from wuxia_lightning.modules.style import StyleAlignmentModule
+
+
+def make_module(tiny_model_dir, **kwargs) -> StyleAlignmentModule:
+    module = StyleAlignmentModule(model_name_or_path=str(tiny_model_dir), **kwargs)
+    module.configure_model()
+    torch.manual_seed(0)
+    with torch.no_grad():  # LoRA B starts at zero; give the adapter a real effect
+        for name, param in module.peft_model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.5)
+    return module
+
+
+def batch_of(ids: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone(),
+            "loss_weights": torch.ones_like(ids, dtype=torch.float32)}
+
+
+def test_reference_logits_equal_a_freshly_loaded_base_model(tiny_model_dir):
+    module = make_module(tiny_model_dir)
+    ids = torch.randint(10, 300, (2, 24))
+    batch = batch_of(ids)
+    head = module.causal_lm().get_output_embeddings()
+    reference_logits = head(module.reference_hidden(batch))
+    policy_logits = head(module.hidden_states(batch))
+    fresh = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)).eval()
+    with torch.no_grad():
+        base_logits = fresh(input_ids=ids).logits
+    torch.testing.assert_close(reference_logits, base_logits, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(policy_logits, base_logits, atol=1e-3)  # the adapter really acts
+
+
+def test_beta_zero_makes_no_reference_forward(tiny_model_dir):
+    calls = []
+    for beta in (0.0, 0.1):
+        module = make_module(tiny_model_dir, kl_beta=beta)
+        decoder = module.causal_lm().get_decoder()
+        handle = decoder.register_forward_hook(lambda *_: calls.append(beta))
+        out = module.step_losses(batch_of(torch.randint(10, 300, (2, 16))))
+        handle.remove()
+        assert (out["kl"] > 0) == (beta > 0)
+    assert calls.count(0.0) == 1 and calls.count(0.1) == 2
+
+
+def test_only_lora_style_trainable_even_after_reference_pass(tiny_model_dir):
+    module = make_module(tiny_model_dir)
+    before = {n for n, p in module.peft_model.named_parameters() if p.requires_grad}
+    assert before and all("lora_" in n and ".style." in n for n in before)
+    module.step_losses(batch_of(torch.randint(10, 300, (1, 12))))  # runs disable_adapter()
+    after = {n for n, p in module.peft_model.named_parameters() if p.requires_grad}
+    assert after == before
+
+
+def test_loss_backward_reaches_only_the_adapter(tiny_model_dir):
+    module = make_module(tiny_model_dir)
+    out = module.step_losses(batch_of(torch.randint(10, 300, (2, 16))))
+    out["loss"].backward()
+    grads = {n for n, p in module.peft_model.named_parameters() if p.grad is not None}
+    assert grads and all("lora_" in n for n in grads)
+
+
+def test_checkpoint_keeps_only_adapter_tensors(tiny_model_dir):
+    module = make_module(tiny_model_dir)
+    checkpoint = {"state_dict": module.state_dict()}
+    StyleAlignmentModule.__bases__[0].on_save_checkpoint(module, checkpoint)
+    kept = set(checkpoint["state_dict"])
+    assert kept and all("lora_" in key for key in kept)
+    assert len(kept) < len(module.state_dict())
