@@ -43,7 +43,7 @@ def test_beta_zero_makes_no_reference_forward(tiny_model_dir):
     for beta in (0.0, 0.1):
         module = make_module(tiny_model_dir, kl_beta=beta)
         decoder = module.causal_lm().get_decoder()
-        handle = decoder.register_forward_hook(lambda *_: calls.append(beta))
+        handle = decoder.register_forward_hook(lambda *_, beta=beta: calls.append(beta))
         out = module.step_losses(batch_of(torch.randint(10, 300, (2, 16))))
         handle.remove()
         assert (out["kl"] > 0) == (beta > 0)
