@@ -50,36 +50,45 @@ class PromptList(Dataset):
 
 
 def read_prompts(path: str, system: str | None) -> list[list[dict[str, str]]]:
-    """``.txt``: one prompt per line. JSONL: objects with ``prompt`` (text) or ``messages`` (a chat)."""
+    """Prompts as chats ending with a user turn.
+
+    ``.txt``: one prompt per line. JSONL with ``prompt`` (text) or ``messages`` (a chat ending with the
+    user). Any chat-data file (the four training formats): each dialogue up to its last user turn.
+    """
     import json
 
     file = Path(path)
     if not file.exists():
         raise UserInputError("prompt file not found", path=path)
     prefix = [{"role": "system", "content": system}] if system else []
-    prompts = []
-    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        if file.suffix != ".jsonl":
-            prompts.append(prefix + [{"role": "user", "content": line.strip()}])
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise UserInputError(f"invalid JSON ({error.msg})", path=path, line=number) from error
-        if isinstance(record.get("prompt"), str):
-            prompts.append(prefix + [{"role": "user", "content": record["prompt"]}])
-        elif isinstance(record.get("messages"), list):
-            messages = record["messages"]
-            has_system = messages and messages[0].get("role") == "system"
-            prompts.append(messages if has_system else prefix + messages)
-        else:
-            raise UserInputError("expected a string 'prompt' or a list 'messages'", path=path, line=number,
-                                 field="prompt")
+    lines = file.read_text(encoding="utf-8").splitlines()
+    if file.suffix == ".txt":
+        prompts = [prefix + [{"role": "user", "content": line.strip()}] for line in lines if line.strip()]
+    elif _is_prompt_record(next((line for line in lines if line.strip()), "")):
+        prompts = [_prompt_from_record(json.loads(line), prefix) for line in lines if line.strip()]
+    else:  # a chat data file: drop each dialogue's final assistant reply
+        dialogues, _ = load_conversations(path, default_system=system)
+        prompts = [dialogue[:-1] for dialogue in dialogues]
     if not prompts:
         raise UserInputError("no prompts in file", path=path)
     return prompts
+
+
+def _is_prompt_record(line: str) -> bool:
+    import json
+
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return False
+    return isinstance(record, dict) and ("prompt" in record or "messages" in record) and len(record) <= 2
+
+
+def _prompt_from_record(record: dict, prefix: list[dict[str, str]]) -> list[dict[str, str]]:
+    if isinstance(record.get("prompt"), str):
+        return prefix + [{"role": "user", "content": record["prompt"]}]
+    messages = record["messages"]
+    return messages if messages and messages[0].get("role") == "system" else prefix + messages
 
 
 class InstructDataModule(L.LightningDataModule):

@@ -24,6 +24,7 @@ QWEN_SPECIAL_TOKENS: tuple[str, ...] = (
 )
 ARCHITECTURES = ("qwen2", "qwen3")
 TINY_PREFIX = "tiny-"
+DEFAULT_PRETRAIN_STEPS = 150
 DEFAULT_TRAIN_TEXT = Path(__file__).resolve().parents[2] / "data" / "sample" / "style"
 
 
@@ -86,8 +87,12 @@ def tiny_config(arch: str, tokenizer, hidden_size: int = 64, layers: int = 2):
 
 
 def make_tiny_model(out_dir: str | Path, arch: str = "qwen2", tokenizer_path: str | Path | None = None,
-                    seed: int = 0, texts: Sequence[str] | None = None) -> Path:
-    """Save a tiny causal LM plus tokenizer to ``out_dir`` (written atomically) and return it."""
+                    seed: int = 0, texts: Sequence[str] | None = None, pretrain_steps: int = 0) -> Path:
+    """Save a tiny causal LM plus tokenizer to ``out_dir`` (written atomically) and return it.
+
+    ``pretrain_steps`` > 0 first trains all weights briefly on ``texts`` (default: the sample corpus),
+    so the "base" model knows some language, as a real base model does, before adapters are trained.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if tokenizer_path is not None:
@@ -96,6 +101,8 @@ def make_tiny_model(out_dir: str | Path, arch: str = "qwen2", tokenizer_path: st
         tokenizer = train_bpe_tokenizer(texts if texts is not None else sample_texts())
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(tiny_config(arch, tokenizer))
+    if pretrain_steps > 0:
+        pretrain(model, tokenizer, texts if texts is not None else sample_texts(), pretrain_steps)
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=out_dir.parent))
@@ -107,6 +114,27 @@ def make_tiny_model(out_dir: str | Path, arch: str = "qwen2", tokenizer_path: st
         shutil.rmtree(staging)
         raise FileExistsError(f"{out_dir} already exists; not overwriting it") from error
     return out_dir
+
+
+def pretrain(model, tokenizer, texts: Sequence[str], steps: int, length: int = 128, batch_size: int = 8,
+             learning_rate: float = 3e-3) -> list[float]:
+    """Full-parameter causal-LM training on random windows of ``texts``; returns the loss per step."""
+    eos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    ids = torch.tensor([t for text in texts for t in tokenizer(text)["input_ids"] + [eos]], dtype=torch.long)
+    generator = torch.Generator().manual_seed(0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate)
+    model.train()
+    losses = []
+    for _ in range(steps):
+        starts = torch.randint(0, len(ids) - length - 1, (batch_size,), generator=generator)
+        batch = torch.stack([ids[s:s + length] for s in starts.tolist()])
+        loss = model(input_ids=batch, labels=batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    model.eval()
+    return losses
 
 
 def cache_root() -> Path:
@@ -126,8 +154,11 @@ def resolve_model_path(spec: str, tokenizer_path: str | None = None) -> str:
     key = _tokenizer_key(tokenizer_path)
     folder = cache_root() / "tiny" / f"{arch}-{key}"
     if not (folder / "config.json").exists():
+        # Brief pretraining on the sample corpus for the small trained vocabulary; with the real Qwen
+        # vocabulary (152K logits per token) that would cost minutes on a CPU, so those stay random.
+        steps = DEFAULT_PRETRAIN_STEPS if tokenizer_path is None else 0
         try:
-            make_tiny_model(folder, arch, tokenizer_path)
+            make_tiny_model(folder, arch, tokenizer_path, pretrain_steps=steps)
         except FileExistsError:  # another rank or process built it first
             pass
     return str(folder)
@@ -135,7 +166,7 @@ def resolve_model_path(spec: str, tokenizer_path: str | None = None) -> str:
 
 def _tokenizer_key(tokenizer_path: str | None) -> str:
     """Cache key: the tokenizer files' content, or the sample corpus the tokenizer is trained on."""
-    digest = hashlib.sha256(b"v1")
+    digest = hashlib.sha256(f"v2-pretrain{DEFAULT_PRETRAIN_STEPS}".encode())
     folder = Path(tokenizer_path) if tokenizer_path else DEFAULT_TRAIN_TEXT
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         digest.update(path.name.encode())
