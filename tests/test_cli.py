@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -99,3 +100,20 @@ def test_stage1_on_a_shared_novel_with_the_real_qwen_tokenizer(tmp_path):
     from transformers import AutoTokenizer
 
     assert len(AutoTokenizer.from_pretrained(str(tmp_path / "style"))) == 151665
+
+
+def test_stage2_after_stage1_replies_stop_and_never_start_a_new_turn(tmp_path):
+    """Stage 1 → stacked stage 2 fitted to the ~24 sample dialogues → predict on their prompts."""
+    run_cli(*stage1_args(tmp_path, "--trainer.max_epochs=2", "--trainer.logger=false"))
+    stacked = tmp_path / "stacked"
+    common = ["--config", "configs/quickstart_instruct.yaml", f"--model.style_adapter={tmp_path / 'style'}",
+              f"--model.output_dir={stacked}", "--trainer.logger=false", f"--trainer.default_root_dir={tmp_path}"]
+    run_cli("fit", *common)
+    run_cli("predict", *common, "--data.prompts=data/sample/instruct/train.jsonl")
+    rows = [json.loads(line) for line in (stacked / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 24 and all(row["prompt"] and "generation" in row for row in rows)
+    stop_rate = sum(row["stopped"] for row in rows) / len(rows)
+    assert stop_rate >= 0.95
+    assert not any(row["continues_dialogue"] or "<|im_start|>" in row["generation"] for row in rows)
+    summary = json.loads((stacked / "summary.json").read_text())
+    assert summary["stop_rate"] == stop_rate

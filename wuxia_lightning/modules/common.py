@@ -48,14 +48,24 @@ class AdapterModule(L.LightningModule):
         tokens = batch["attention_mask"].sum().item()
         self.log("train/tokens_per_s", tokens / max(elapsed, 1e-9), on_step=True, prog_bar=True)
 
-    def on_train_epoch_start(self) -> None:
+    def on_fit_start(self) -> None:
+        check_output_dir(self.hparams.output_dir, self.hparams.overwrite_output,
+                         resuming=self.trainer.ckpt_path is not None)
         # from_pretrained returns eval-mode modules and Lightning keeps per-module modes: say what we mean.
         self.peft_model.train()
+
+    def on_fit_end(self) -> None:
+        self.save_outputs()
+
+    def save_outputs(self) -> None:
+        """Write the adapter folder to ``output_dir`` (each stage knows its layout)."""
+        raise NotImplementedError
 
     # ---- adapter-only checkpoints ---------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         trainable = {f"peft_model.{name}" for name, p in self.peft_model.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+        self.save_outputs()  # the peft folder follows every checkpoint
 
     def configure_optimizers(self):
         from transformers import get_cosine_schedule_with_warmup

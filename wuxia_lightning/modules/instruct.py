@@ -28,7 +28,7 @@ from wuxia_lightning.modeling.stacking import (
     load_stacked,
     save_stacked,
 )
-from wuxia_lightning.modules.common import AdapterModule, check_output_dir
+from wuxia_lightning.modules.common import AdapterModule
 
 AdapterMode = Literal["stacked", "continue_style"]
 
@@ -121,18 +121,10 @@ class InstructModule(AdapterModule):
         self.log("val/loss", sums.mean_ce(), on_epoch=True, batch_size=size, sync_dist=True)
         self.log("val/ppl", self.val_ppl, on_epoch=True, batch_size=size)
 
-    def on_fit_start(self) -> None:
-        check_output_dir(self.hparams.output_dir, self.hparams.overwrite_output,
-                         resuming=self.trainer.ckpt_path is not None)
-
     def on_fit_end(self) -> None:
         if self.hparams.adapter_mode == "stacked":
             verify_unchanged(self.peft_model, self.style_snapshot)
-        self.save_outputs()
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        super().on_save_checkpoint(checkpoint)
-        self.save_outputs()
+        super().on_fit_end()
 
     def save_outputs(self) -> None:
         hp = self.hparams

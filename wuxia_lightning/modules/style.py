@@ -20,7 +20,7 @@ from wuxia_lightning.modeling.adapters import (
     trainable_names,
 )
 from wuxia_lightning.modeling.loading import Precision, Quantization, load_base_model, load_tokenizer
-from wuxia_lightning.modules.common import AdapterModule, check_output_dir
+from wuxia_lightning.modules.common import AdapterModule
 
 ADAPTER = "style"
 
@@ -110,18 +110,7 @@ class StyleAlignmentModule(AdapterModule):
         return names[dataloader_idx]
 
     # ---- outputs --------------------------------------------------------------------------------
-    def on_fit_start(self) -> None:
-        check_output_dir(self.hparams.output_dir, self.hparams.overwrite_output,
-                         resuming=self.trainer.ckpt_path is not None)
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        super().on_save_checkpoint(checkpoint)
-        self.save_adapter()
-
-    def on_fit_end(self) -> None:
-        self.save_adapter()
-
-    def save_adapter(self) -> None:
+    def save_outputs(self) -> None:
         if self.hparams.output_dir is None or self.trainer.global_rank != 0:
             return
         tokenizer = load_tokenizer(self.hparams.model_name_or_path, self.hparams.tokenizer_name_or_path)
