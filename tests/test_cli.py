@@ -117,3 +117,13 @@ def test_stage2_after_stage1_replies_stop_and_never_start_a_new_turn(tmp_path):
     assert not any(row["continues_dialogue"] or "<|im_start|>" in row["generation"] for row in rows)
     summary = json.loads((stacked / "summary.json").read_text())
     assert summary["stop_rate"] == stop_rate
+
+
+def test_stage1_ddp_on_two_cpu_processes(tmp_path):
+    """The real distributed path: Lightning DDP, gloo, 2 ranks, each with its own shard of windows."""
+    run_cli(*stage1_args(tmp_path, "--trainer.devices=2", "--trainer.strategy=ddp", "--trainer.max_epochs=2",
+                         "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
+                         f"--trainer.logger.init_args.save_dir={tmp_path / 'logs'}"))
+    rows = read_metrics(tmp_path / "logs")
+    assert series(rows, "train/loss") and series(rows, "val_style/ppl")
+    assert (tmp_path / "style" / "adapter_model.safetensors").exists()
