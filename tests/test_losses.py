@@ -59,3 +59,25 @@ def test_select_loss_positions_shifts_and_masks():
     assert targets.tolist() == [7, 9, 4, 3]
     assert selected.squeeze(-1).tolist() == [0.0, 2.0, 3.0, 8.0]
     assert weights.tolist() == [1.0] * 4 and mask.sum() == 4
+
+
+def test_perplexity_on_qwen_vocabulary_never_materialises_full_logits():
+    """By construction: the LM head only ever sees `chunk_size` positions, never all B×T at once."""
+    from wuxia_lightning.metrics import TokenPerplexity
+
+    torch.manual_seed(0)
+    batch, length, vocab, chunk = 4, 512, 151_936, 256
+    head = torch.nn.Linear(32, vocab, bias=False)
+    rows_seen: list[int] = []
+    head.register_forward_hook(lambda _m, _i, out: rows_seen.append(out.shape[0]))
+    hidden = torch.randn(batch, length, 32)
+    labels = torch.randint(0, vocab, (batch, length))
+    selected, targets, weights, _ = select_loss_positions(hidden, labels)
+    metric = TokenPerplexity()
+    with torch.no_grad():
+        sums = chunked_ce_kl(selected, targets, weights, head, None, chunk_size=chunk)
+    metric.update(sums.nll, sums.tokens)
+    assert max(rows_seen) <= chunk and sum(rows_seen) == batch * (length - 1)
+    # reference: the same NLL from a plain cross-entropy over the whole batch
+    expected = torch.nn.functional.cross_entropy(head(selected), targets, reduction="mean").exp()
+    torch.testing.assert_close(metric.compute().float(), expected, rtol=1e-4, atol=0)

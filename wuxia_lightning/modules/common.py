@@ -32,7 +32,7 @@ class AdapterModule(L.LightningModule):
         return decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
 
     def token_losses(self, batch: dict[str, torch.Tensor], ref_hidden: torch.Tensor | None = None,
-                     hidden: torch.Tensor | None = None, chunk_size: int = 1024) -> TokenLossSums:
+                     hidden: torch.Tensor | None = None, chunk_size: int = 256) -> TokenLossSums:
         hidden = self.hidden_states(batch) if hidden is None else hidden
         selected, targets, weights, mask = select_loss_positions(hidden, batch["labels"], batch.get("loss_weights"))
         ref_selected = ref_hidden[:, :-1][mask] if ref_hidden is not None else None

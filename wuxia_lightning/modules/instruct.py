@@ -57,7 +57,7 @@ class InstructModule(AdapterModule):
                  lora_target_modules: str | list[str] = ALL_LINEAR, dtype: Precision = "float32",
                  quantization: Quantization = "none", gradient_checkpointing: bool = False,
                  learning_rate: float = 1e-4, weight_decay: float = 0.0, warmup_steps: int = 10,
-                 loss_chunk_size: int = 1024, output_dir: str | None = None, overwrite_output: bool = False,
+                 loss_chunk_size: int = 256, output_dir: str | None = None, overwrite_output: bool = False,
                  max_new_tokens: int = 128, do_sample: bool = False, temperature: float = 0.7,
                  top_p: float = 0.9) -> None:
         super().__init__()

@@ -49,7 +49,7 @@ class StyleAlignmentModule(AdapterModule):
                  lora_target_modules: str | list[str] = ALL_LINEAR, dtype: Precision = "float32",
                  quantization: Quantization = "none", gradient_checkpointing: bool = False,
                  learning_rate: float = 2e-4, weight_decay: float = 0.0, warmup_steps: int = 10,
-                 loss_chunk_size: int = 1024, output_dir: str | None = None,
+                 loss_chunk_size: int = 256, output_dir: str | None = None,
                  overwrite_output: bool = False) -> None:
         super().__init__()
         self.save_hyperparameters()

@@ -2,7 +2,8 @@
 
 The models hand us final hidden states (N×d, small); logits are made one chunk of positions at a time
 and recomputed in backward (activation checkpointing), so peak loss memory is ~chunk×V instead of
-several B×T×V tensors (Qwen: V = 151,936, one fp32 logits tensor at 4×512 tokens is 1.2 GB).
+several B×T×V tensors (Qwen: V = 151,936, one fp32 logits tensor at 4×512 tokens is 1.2 GB; at the
+default 256 positions per chunk a chunk's logits are 156 MB).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def select_loss_positions(hidden: torch.Tensor, labels: torch.Tensor, weights: t
 
 def chunked_ce_kl(hidden: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor,
                   head: Callable[[torch.Tensor], torch.Tensor], ref_hidden: torch.Tensor | None = None,
-                  chunk_size: int = 1024, compute_dtype: torch.dtype = torch.float32) -> TokenLossSums:
+                  chunk_size: int = 256, compute_dtype: torch.dtype = torch.float32) -> TokenLossSums:
     """Sums of CE and KL(P_policy ‖ P_ref) over all N positions, full vocabulary, ``chunk_size`` at a time.
 
     ``head`` maps hidden states to logits (the LM head); ``ref_hidden`` are the reference model's
@@ -70,13 +71,20 @@ def chunked_ce_kl(hidden: torch.Tensor, targets: torch.Tensor, weights: torch.Te
 def _chunk_terms(head: Callable[[torch.Tensor], torch.Tensor], compute_dtype: torch.dtype,
                  hidden: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor,
                  ref_hidden: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    # Every tensor here is chunk × V; we keep as few of them alive at once as we can.
     log_probs = torch.log_softmax(head(hidden).to(compute_dtype), dim=-1)
     nll = -log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     kl = nll.new_zeros(())
     if ref_hidden is not None:
-        with torch.no_grad():
-            ref_log_probs = torch.log_softmax(head(ref_hidden).to(compute_dtype), dim=-1)
-        # KL(p‖q) = Σ_v p_v (log p_v − log q_v), exact over the whole vocabulary.
-        per_token_kl = (log_probs.exp() * (log_probs - ref_log_probs)).sum(-1)
+        with torch.no_grad():  # normalise the reference logits in place: no second V-sized copy
+            ref_log_probs = head(ref_hidden).to(compute_dtype)
+            ref_log_probs -= torch.logsumexp(ref_log_probs, dim=-1, keepdim=True)
+        probs = log_probs.exp()
+        # KL(p‖q) = Σ_v p_v log p_v − Σ_v p_v log q_v, as row-wise dot products (no V-sized temporaries).
+        per_token_kl = _rowwise_dot(probs, log_probs) - _rowwise_dot(probs, ref_log_probs)
         kl = (weights * per_token_kl).sum()
     return (weights * nll).sum(), kl, nll.sum()
+
+
+def _rowwise_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).reshape(-1)
