@@ -57,6 +57,10 @@ def test_quickstart_stage1_fits_and_writes_a_loadable_adapter(tmp_path):
     assert all(value > 0 for value in kl[2:])
     assert sum(loss[-4:]) / 4 < sum(loss[:4]) / 4
     assert series(rows, "val_style/ppl") and series(rows, "val_general/ppl")
+    assert series(rows, "val_style/ngram_char3") and series(rows, "base/fw_js")  # style scored at validation
+    style_eval = json.loads(next((tmp_path / "logs").rglob("style_eval.json")).read_text())
+    assert set(style_eval["rates"]) == {"corpus", "base", "styled"}
+    assert len(style_eval["rates"]["corpus"]) == len(style_eval["feature_names"])
 
     from peft import PeftModel
     from transformers import AutoModelForCausalLM

@@ -134,6 +134,15 @@ class StyleDataModule(L.LightningDataModule):
         log.info("style corpus: %d train / %d val documents, %d / %d windows of %d tokens", len(train_docs),
                  len(val_docs), len(self.streams["train"]), len(self.streams["val"]), window)
 
+    def corpus_texts(self, split: str = "train") -> list[str]:
+        """Cleaned texts of one split's documents (for style metrics: the corpus the style comes from)."""
+        from wuxia_lightning.data.corpus import read_corpus
+
+        wanted = {(d.source, d.index) for d in self.split_documents[split]}
+        documents, _ = read_corpus(self.hparams.corpus, to_simplified=self.settings.to_simplified,
+                                   drop_modern=self.settings.drop_modern, modern_words=self.settings.modern_words)
+        return [d.text for d in documents if (d.source, d.index) in wanted]
+
     def train_dataloader(self) -> DataLoader:
         dataset = MaskedWindowDataset(self.streams["train"], self.masker)
         sampler = EpochIndexSampler(dataset, num_replicas=self._world_size(), rank=self._rank(), shuffle=True,

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import torch
 
 from wuxia_lightning.data.masking import MODES
+from wuxia_lightning.evaluation import StyleEvaluation
 from wuxia_lightning.metrics.perplexity import TokenPerplexity
 from wuxia_lightning.modeling.adapters import (
     ALL_LINEAR,
@@ -42,6 +43,9 @@ class StyleAlignmentModule(AdapterModule):
         loss_chunk_size: positions per chunk of the LM head in the loss (peak ≈ chunk × vocab floats).
         output_dir: where the adapter is written (peft format) at each checkpoint and at the end of fit.
         overwrite_output: allow replacing an existing, non-empty ``output_dir``.
+        eval_prompts: a text file of prompts (one per line); at each validation the first
+            ``eval_samples`` are continued (``eval_max_new_tokens`` tokens, sampled with a fixed seed) by
+            the styled model — and once by the base — and scored against the training corpus.
     """
 
     def __init__(self, model_name_or_path: str = "tiny-qwen2", tokenizer_name_or_path: str | None = None,
@@ -50,11 +54,13 @@ class StyleAlignmentModule(AdapterModule):
                  quantization: Quantization = "none", gradient_checkpointing: bool = False,
                  learning_rate: float = 2e-4, weight_decay: float = 0.0, warmup_steps: int = 10,
                  loss_chunk_size: int = 256, output_dir: str | None = None,
-                 overwrite_output: bool = False) -> None:
+                 overwrite_output: bool = False, eval_prompts: str | None = None, eval_samples: int = 8,
+                 eval_max_new_tokens: int = 64) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.peft_model = None
         self.val_ppl = torch.nn.ModuleDict({"style": TokenPerplexity(), "general": TokenPerplexity()})
+        self.style_eval = StyleEvaluation(eval_prompts, eval_samples, eval_max_new_tokens)
 
     def configure_model(self) -> None:
         if self.peft_model is not None:
@@ -104,6 +110,10 @@ class StyleAlignmentModule(AdapterModule):
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         self.validation_step(batch, batch_idx, dataloader_idx)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.hparams.eval_prompts and not self.trainer.sanity_checking:
+            self.style_eval.run(self)
 
     def _loader_name(self, dataloader_idx: int) -> str:
         names: Sequence[str] = getattr(self.trainer.datamodule, "val_loader_names", ["style", "general"])
