@@ -2,8 +2,7 @@
 """Save a tiny Qwen2/Qwen3 causal LM with a tokenizer, loadable offline with from_pretrained.
 
     python scripts/make_tiny_model.py --out tiny_qwen2                       # tokenizer trained on data/sample
-    python scripts/make_tiny_model.py --out tiny_qwen3 --arch qwen3 \
-        --tokenizer ../shared/fixtures/qwen2.5-tokenizer                        # the real Qwen2.5 tokenizer
+    python scripts/make_tiny_model.py --out tiny_qwen3 --arch qwen3 --tokenizer ../shared/fixtures/qwen2.5-tokenizer
 """
 
 from __future__ import annotations

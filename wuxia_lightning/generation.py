@@ -66,20 +66,33 @@ def generate_replies(model, tokenizer, conversations: Sequence[Sequence[Message]
     return replies
 
 
-def stream_reply(model, tokenizer, messages: Sequence[Message], settings: GenerationSettings) -> Iterator[str]:
-    """Yield the reply text piece by piece as it is generated (interactive chat)."""
+def stream_reply(model, tokenizer, messages: Sequence[Message], settings: GenerationSettings,
+                 raw_prompt: bool = False) -> Iterator[str]:
+    """Yield the reply text piece by piece as it is generated (interactive chat). ``raw_prompt``: continue
+    the last message's text without the chat template (stage-1 models)."""
     from threading import Thread
 
     from transformers import TextIteratorStreamer
 
-    inputs = tokenizer(chat_prompt(tokenizer, messages), return_tensors="pt", add_special_tokens=False)
+    text = messages[-1]["content"] if raw_prompt else chat_prompt(tokenizer, messages)
+    inputs = tokenizer(text, return_tensors="pt", add_special_tokens=False).to(model.device)
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-    kwargs = dict(**inputs.to(model.device), streamer=streamer, eos_token_id=stop_token_ids(tokenizer),
-                  pad_token_id=tokenizer.pad_token_id, **settings.kwargs())
-    thread = Thread(target=model.generate, kwargs=kwargs, daemon=True)
+    errors: list[BaseException] = []
+
+    def generate() -> None:
+        try:
+            model.generate(**inputs, streamer=streamer, eos_token_id=stop_token_ids(tokenizer),
+                           pad_token_id=tokenizer.pad_token_id, **settings.kwargs())
+        except BaseException as error:  # noqa: B036 - re-raised in the caller's thread below
+            errors.append(error)
+            streamer.end()  # otherwise the reader waits for text forever
+
+    thread = Thread(target=generate, daemon=True)
     thread.start()
     yield from streamer
     thread.join()
+    if errors:
+        raise errors[0]
 
 
 def _strip_padding(tokens: list[int], pad_id: int | None, stops: list[int]) -> list[int]:

@@ -73,9 +73,17 @@ def generation_config(tokenizer):
 
 
 def stop_token_ids(tokenizer) -> list[int]:
-    ids = [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
-    ids.append(tokenizer.eos_token_id)
-    return sorted({i for i in ids if i is not None and i != tokenizer.unk_token_id})
+    """<|im_end|> (end of a chat turn), <|endoftext|> (a Qwen2.5 base config's eos) and the tokenizer's eos.
+
+    A token counts only if it round-trips: an unknown token maps to the unk id, and some tokenizers name
+    <|endoftext|> as their unk token, so comparing with the unk id would drop a real stop token.
+    """
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    for token in ("<|im_end|>", "<|endoftext|>"):
+        token_id = tokenizer.convert_tokens_to_ids(token)
+        if token_id is not None and tokenizer.convert_ids_to_tokens(token_id) == token:
+            ids.add(token_id)
+    return sorted(ids)
 
 
 def load_stacked(folder: str | Path, *, model_name_or_path: str | None = None, dtype: Precision = "float32",

@@ -1,0 +1,340 @@
+"""The user-facing scripts in scripts/, run in-process through their ``main(argv)`` on real models and data."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import os
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import REPO
+
+from wuxia_lightning.data.presets import resolve_system_prompt
+from wuxia_lightning.generation import GenerationSettings, generate_replies
+from wuxia_lightning.modeling.adapters import lora_config, save_adapter_atomically
+from wuxia_lightning.modeling.loading import load_base_model, load_tokenizer
+from wuxia_lightning.modeling.stacking import activate, load_stacked, save_stacked
+
+SAMPLE_STYLE = REPO / "data" / "sample" / "style"
+SAMPLE_INSTRUCT = REPO / "data" / "sample" / "instruct"
+IM_START = "<|im_start|>"
+
+
+def script(name: str):
+    """Import scripts/<name>.py as a module (scripts/ is not a package)."""
+    module_name = f"wuxia_scripts_{name}"
+    if module_name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(module_name, REPO / "scripts" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[module_name]
+
+
+def randomise_lora_b(model, adapter: str, std: float = 0.2) -> None:
+    """LoRA B starts at zero (a no-op adapter); random B makes the adapter change the outputs."""
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name and f".{adapter}." in name:
+                param.normal_(std=std)
+
+
+@pytest.fixture(scope="module")
+def style_folder(tiny_model_dir, tmp_path_factory) -> Path:
+    """A stage-1 output folder, saved the way StyleAlignmentModule saves it."""
+    from peft import get_peft_model
+
+    torch.manual_seed(0)
+    model = get_peft_model(load_base_model(str(tiny_model_dir)), lora_config(8, 16, 0.0), adapter_name="style")
+    randomise_lora_b(model, "style")
+    out = tmp_path_factory.mktemp("stage1") / "style"
+    save_adapter_atomically(model, "style", out, load_tokenizer(str(tiny_model_dir)),
+                            {"stage": "style", "adapters": ["style"], "base_model": str(tiny_model_dir)})
+    return out
+
+
+@pytest.fixture(scope="module")
+def stacked_folder(tiny_model_dir, style_folder, tmp_path_factory) -> Path:
+    """A stage-2 folder: the style adapter plus an `instruct` adapter with random non-zero B."""
+    from peft import PeftModel
+
+    from wuxia_lightning.data.chat_encoding import ensure_chat_template
+
+    torch.manual_seed(1)
+    model = PeftModel.from_pretrained(load_base_model(str(tiny_model_dir)), str(style_folder),
+                                      adapter_name="style")
+    model.add_adapter("instruct", lora_config(8, 16, 0.0))
+    randomise_lora_b(model, "instruct")
+    activate(model, ["style", "instruct"])
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    ensure_chat_template(tokenizer)
+    out = tmp_path_factory.mktemp("stage2") / "stacked"
+    save_stacked(model, out, tokenizer, {"stage": "instruct", "base_model": str(tiny_model_dir),
+                                         "adapters": ["style", "instruct"], "adapter_mode": "stacked",
+                                         "chat_template": tokenizer.chat_template})
+    return out
+
+
+def one_error_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    return lines[0]
+
+
+# ------------------------------------------------------------------------------------------ inference
+
+def test_inference_one_shot_prints_the_stacked_models_reply(stacked_folder, capsys):
+    code = script("inference").main(["--model", str(stacked_folder), "--prompt", "你好", "--greedy",
+                                     "--max-new-tokens", "12"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    # The same reply as the library gives: both adapters active, the default preset as system prompt.
+    model, tokenizer = load_stacked(stacked_folder)
+    messages = [{"role": "system", "content": resolve_system_prompt("elegant_style")},
+                {"role": "user", "content": "你好"}]
+    expected = generate_replies(model, tokenizer, [messages], GenerationSettings(max_new_tokens=12))[0]
+    assert out.strip() == expected.generation and out.strip()
+    assert IM_START not in out
+    assert "instruct" in err  # the banner names the adapters
+
+
+def test_inference_chat_loop_keeps_history_resets_and_exits(stacked_folder, capsys, monkeypatch):
+    import wuxia_lightning.generation as generation
+
+    seen: list[list[dict]] = []
+    real_stream = generation.stream_reply
+
+    def recording_stream(model, tokenizer, messages, settings):  # the real streamer, recording its input
+        seen.append([dict(m) for m in messages])
+        yield from real_stream(model, tokenizer, messages, settings)
+
+    monkeypatch.setattr(generation, "stream_reply", recording_stream)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("你好\n再说一句\n/reset\n第三句\n/exit\n不该处理\n"))
+    code = script("inference").main(["--model", str(stacked_folder), "--greedy", "--max-new-tokens", "8"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert [[m["role"] for m in conv] for conv in seen] == [
+        ["system", "user"], ["system", "user", "assistant", "user"], ["system", "user"]]
+    assert seen[0][0]["content"] == resolve_system_prompt("elegant_style")  # the default preset
+    assert seen[2][1]["content"] == "第三句"
+    assert "(history cleared)" in out and "不该处理" not in out
+    replies = [line[len("答> "):] for line in out.splitlines() if line.startswith("答> ")]
+    assert len(replies) == 3 and all(replies)
+    assert seen[1][2]["content"] == replies[0].strip()  # the streamed reply is what the history keeps
+    assert IM_START not in out
+
+
+def test_inference_stage1_folder_is_a_raw_continuation_model(style_folder, capsys, monkeypatch):
+    inference = script("inference")
+    code = inference.main(["--model", str(style_folder), "--prompt", "剑光一闪", "--greedy",
+                           "--max-new-tokens", "10"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "continuation model" in err
+    model, tokenizer = load_stacked(style_folder)
+    raw = generate_replies(model, tokenizer, [[{"role": "user", "content": "剑光一闪"}]],
+                           GenerationSettings(max_new_tokens=10), raw_prompts=True)[0]
+    assert out.strip() == raw.generation
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO("剑光一闪\n"))  # EOF ends the loop
+    assert inference.main(["--model", str(style_folder), "--greedy", "--max-new-tokens", "10"]) == 0
+    out, _ = capsys.readouterr()
+    assert out.rsplit("答> ", 1)[-1].strip() == raw.generation  # streamed text == the batch generation
+
+
+def test_inference_user_errors_are_one_line_exit_2(stacked_folder, tmp_path, capsys):
+    inference = script("inference")
+    assert inference.main(["--model", str(tmp_path), "--prompt", "x"]) == 2
+    assert "wuxia_manifest.json" in one_error_line(capsys.readouterr().err)
+    assert inference.main(["--model", str(stacked_folder), "--preset", "no_such", "--prompt", "x"]) == 2
+    assert "elegant_style" in one_error_line(capsys.readouterr().err)
+    assert inference.main(["--model", str(stacked_folder), "--base", str(tmp_path / "missing"),
+                           "--prompt", "x"]) == 2
+    assert "--base" in one_error_line(capsys.readouterr().err)
+    assert inference.main(["--model", str(stacked_folder), "--temperature", "0", "--prompt", "x"]) == 2
+    assert "--greedy" in one_error_line(capsys.readouterr().err)
+    assert inference.main(["--list-presets"]) == 0
+    assert "elegant_style:" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------ check_gpu
+
+def test_check_gpu_json_reports_this_machine_and_a_working_4bit_layer(capsys):
+    check_gpu = script("check_gpu")
+    assert check_gpu.main(["--json", "--test", "--size", "64"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["torch"] == torch.__version__
+    assert report["cuda_available"] is torch.cuda.is_available()
+    assert len(report["devices"]) == (torch.cuda.device_count() if torch.cuda.is_available() else 0)
+    assert report["benchmark"] and all(b["gflops"] > 0 and b["size"] == 64 for b in report["benchmark"])
+    pytest.importorskip("bitsandbytes")
+    check = report["bitsandbytes"]["linear4bit"]
+    assert check["ok"] and check["quantised"] and 0 < check["relative_error"] < check_gpu.MAX_4BIT_REL_ERROR
+
+
+def test_check_gpu_table_says_when_there_is_no_cuda(capsys):
+    assert script("check_gpu").main([]) == 0
+    table = capsys.readouterr().out
+    assert "torch" in table and "4-bit nf4 Linear4bit" in table
+    if not torch.cuda.is_available():
+        assert "CUDA available" in table and "no (CPU only)" in table
+
+
+# ----------------------------------------------------------------------------------------- setup_data
+
+def test_setup_data_writes_utf8_copies_and_refuses_to_overwrite(tmp_path, capsys):
+    from wuxia_lightning.data.corpus import to_simplified_chinese
+
+    setup_data = script("setup_data")
+    out = tmp_path / "novels"
+    assert setup_data.main([str(SAMPLE_STYLE), "--out", str(out)]) == 0
+    report = capsys.readouterr().out
+    assert "gb18030" in report and "03_gb18030_xueye.txt" in report and "total" in report
+    written = sorted(p.name for p in out.iterdir())
+    assert written == sorted(p.name for p in SAMPLE_STYLE.glob("*.txt"))
+    original = (SAMPLE_STYLE / "03_gb18030_xueye.txt").read_bytes()
+    with pytest.raises(UnicodeDecodeError):
+        original.decode("utf-8")
+    converted = (out / "03_gb18030_xueye.txt").read_text(encoding="utf-8")
+    assert converted.splitlines()[0] == original.decode("gb18030").splitlines()[0].strip()
+    assert converted.count("\n\n") == 3  # four chapters, a blank line between each
+
+    before = converted
+    assert setup_data.main([str(SAMPLE_STYLE), "--out", str(out), "--to-simplified"]) == 2
+    assert "--overwrite" in one_error_line(capsys.readouterr().err)
+    assert (out / "03_gb18030_xueye.txt").read_text(encoding="utf-8") == before
+
+    assert setup_data.main([str(SAMPLE_STYLE), "--out", str(out), "--to-simplified", "--overwrite"]) == 0
+    simplified = (out / "04_fanti_guyue.txt").read_text(encoding="utf-8")
+    assert simplified == to_simplified_chinese(simplified)
+    assert simplified != (SAMPLE_STYLE / "04_fanti_guyue.txt").read_text(encoding="utf-8")
+
+
+# -------------------------------------------------------------------------------------- export_merged
+
+@pytest.mark.parametrize("folder_fixture", ["stacked_folder", "style_folder"])
+def test_export_merged_equals_the_adapter_model(folder_fixture, request, tiny_model_dir, tmp_path, capsys):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = request.getfixturevalue(folder_fixture)
+    out = tmp_path / "merged"
+    assert script("export_merged").main(["--model", str(folder), "--out", str(out), "--dtype", "float32"]) == 0
+    assert not (out / "adapter_config.json").exists() and (out / "config.json").exists()
+
+    ids = torch.randint(10, 300, (2, 24), generator=torch.Generator().manual_seed(0))
+    stacked, _ = load_stacked(folder)
+    merged = AutoModelForCausalLM.from_pretrained(str(out)).eval()
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)).eval()
+    with torch.no_grad():
+        expected = stacked(input_ids=ids).logits
+        torch.testing.assert_close(merged(input_ids=ids).logits, expected, rtol=0, atol=1e-5)
+        assert (base(input_ids=ids).logits - expected).abs().max() > 1e-3  # the adapters did change it
+
+    tokenizer = AutoTokenizer.from_pretrained(str(out))
+    generation = json.loads((out / "generation_config.json").read_text())
+    stops = {tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")}
+    assert stops <= set(generation["eos_token_id"])  # a chat turn's end and the base model's eos
+    assert tokenizer.chat_template and not list(tmp_path.glob(".merged.*"))  # no staging left behind
+
+
+def test_export_merged_refuses_4bit_and_existing_output(stacked_folder, tmp_path, capsys):
+    export_merged = script("export_merged")
+    assert export_merged.main(["--model", str(stacked_folder), "--out", str(tmp_path / "m"),
+                               "--quantization", "4bit"]) == 2
+    assert "2321" in one_error_line(capsys.readouterr().err) and not (tmp_path / "m").exists()
+    (tmp_path / "taken").mkdir()
+    assert export_merged.main(["--model", str(stacked_folder), "--out", str(tmp_path / "taken")]) == 2
+    assert "already exists" in one_error_line(capsys.readouterr().err)
+
+
+# ------------------------------------------------------------------------------------- download_model
+
+def test_download_model_offline_fails_cleanly(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("HF_ENDPOINT", raising=False)
+    assert script("download_model").main(["--model", "Qwen/Qwen2.5-7B", "--out", str(tmp_path / "m")]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "Qwen/Qwen2.5-7B" in line and "https://huggingface.co" in line and "--use-mirror" in line
+
+
+def test_download_model_unreachable_endpoint_fails_cleanly(tmp_path, monkeypatch, capsys):
+    with socket.socket() as probe:  # a port nobody listens on: connection refused, no internet needed
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_ENDPOINT", raising=False)
+    endpoint = f"http://127.0.0.1:{port}"
+    assert script("download_model").main(["--model", "Qwen/Qwen2.5-0.5B", "--out", str(tmp_path / "m"),
+                                          "--endpoint", endpoint]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "Qwen/Qwen2.5-0.5B" in line and endpoint in line
+    assert not (tmp_path / "m").exists()
+
+
+def test_download_model_mirror_sets_the_endpoint(tmp_path, monkeypatch, capsys):
+    download_model = script("download_model")
+    assert download_model.hub_environment(True, environ={})["HF_ENDPOINT"] == "https://hf-mirror.com"
+    assert download_model.hub_environment(False, environ={"HF_ENDPOINT": "https://x.org"})["HF_ENDPOINT"] == \
+        "https://x.org"
+    assert "HF_ENDPOINT" not in download_model.hub_environment(False, environ={"PATH": "/bin"})
+    assert download_model.hub_environment(True, "https://m.example/", {})["HF_ENDPOINT"] == "https://m.example"
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("HF_ENDPOINT", raising=False)
+    assert download_model.main(["--model", "Qwen/Qwen2.5-7B", "--out", str(tmp_path), "--use-mirror"]) == 2
+    assert os.environ["HF_ENDPOINT"] == "https://hf-mirror.com"  # set before huggingface_hub is used
+    assert "hf-mirror.com" in one_error_line(capsys.readouterr().err)
+
+
+# --------------------------------------------------------------------------------- train_llamafactory
+
+def test_train_llamafactory_writes_parseable_dataset_info_and_yamls(tmp_path, capsys):
+    from wuxia_lightning.data.chat_formats import load_conversations
+    from wuxia_lightning.data.corpus import read_corpus
+
+    bad = tmp_path / "bad.jsonl"  # our reader accepts two user turns in a row; LLaMA-Factory does not
+    bad.write_text(json.dumps({"conversations": [{"role": "user", "content": "甲"}, {"role": "user", "content": "乙"},
+                                                 {"role": "assistant", "content": "丙"}]}, ensure_ascii=False) + "\n",
+                   encoding="utf-8")
+    out = tmp_path / "lf"
+    argv = ["--style-corpus", str(SAMPLE_STYLE), "--instruct-files", str(SAMPLE_INSTRUCT), str(bad),
+            "--out", str(out), "--preset", "wuxia"]
+    train_llamafactory = script("train_llamafactory")
+    assert train_llamafactory.main(argv) == 0
+    assert "skipped 1 dialogue" in capsys.readouterr().out
+
+    info = json.loads((out / "dataset_info.json").read_text(encoding="utf-8"))
+    assert info["wuxia_pt"]["columns"] == {"prompt": "text"}
+    assert info["wuxia_sft"]["formatting"] == "sharegpt"
+    assert info["wuxia_sft"]["columns"] == {"messages": "conversations"}
+    assert info["wuxia_sft"]["tags"] == {"role_tag": "role", "content_tag": "content", "user_tag": "user",
+                                         "assistant_tag": "assistant", "system_tag": "system"}
+    documents = [json.loads(line) for line in (out / info["wuxia_pt"]["file_name"]).read_text("utf-8").splitlines()]
+    expected_docs, _ = read_corpus(str(SAMPLE_STYLE), to_simplified=True)
+    assert [d["text"] for d in documents] == [d.text for d in expected_docs]
+    dialogues = [json.loads(line) for line in (out / info["wuxia_sft"]["file_name"]).read_text("utf-8").splitlines()]
+    expected_dialogues, _ = load_conversations(str(SAMPLE_INSTRUCT), default_system=resolve_system_prompt("wuxia"))
+    assert len(dialogues) == len(expected_dialogues) == 30  # every sample dialogue; the bad one left out
+    assert [d["conversations"] for d in dialogues] == expected_dialogues
+    assert all(d["conversations"][0]["role"] == "system" for d in dialogues)  # preset where none was given
+
+    stage1 = yaml.safe_load((out / "stage1_pt.yaml").read_text(encoding="utf-8"))
+    stage2 = yaml.safe_load((out / "stage2_sft.yaml").read_text(encoding="utf-8"))
+    assert {k: stage1[k] for k in ("stage", "finetuning_type", "lora_rank", "lora_alpha", "lora_target",
+                                   "template", "dataset")} == {
+        "stage": "pt", "finetuning_type": "lora", "lora_rank": 16, "lora_alpha": 32, "lora_target": "all",
+        "template": "default", "dataset": "wuxia_pt"}
+    assert {k: stage2[k] for k in ("stage", "template", "lora_rank", "lora_alpha", "dataset")} == {
+        "stage": "sft", "template": "qwen", "lora_rank": 64, "lora_alpha": 128, "dataset": "wuxia_sft"}
+    assert stage2["adapter_name_or_path"] == stage1["output_dir"] and stage2["create_new_adapter"] is True
+    assert "quantization_bit" not in stage2  # on a 4-bit base LLaMA-Factory would resume the style adapter
+    assert Path(stage1["dataset_dir"]) == out.resolve()
+
+    assert train_llamafactory.main(argv) == 2  # never overwrites an earlier export silently
+    assert "--overwrite" in one_error_line(capsys.readouterr().err)
