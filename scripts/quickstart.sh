@@ -7,8 +7,8 @@ bash scripts/setup_env.sh
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 .venv/bin/wuxia fit --config configs/quickstart_style.yaml
 .venv/bin/wuxia fit --config configs/quickstart_instruct.yaml
-.venv/bin/wuxia predict --config configs/quickstart_instruct.yaml --data.prompts scripts/example_prompts.txt
-latest() { ls -d "lightning_logs/$1"/version_* | sort -V | tail -n 1; }
+.venv/bin/wuxia predict --config configs/quickstart_instruct.yaml --data.prompts scripts/example_prompts.txt --trainer.logger false
+latest() { dirname "$(ls -d "lightning_logs/$1"/version_*/metrics.csv | sort -V | tail -n 1)"; }
 .venv/bin/python scripts/make_report.py "$(latest quickstart_style)"
 .venv/bin/python scripts/make_report.py "$(latest quickstart_instruct)" --predictions outputs/quickstart/stacked
 echo "stage-1 adapter: outputs/quickstart/style"

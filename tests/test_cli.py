@@ -121,6 +121,8 @@ def test_stage2_after_stage1_replies_stop_and_never_start_a_new_turn(tmp_path):
     assert not any(row["continues_dialogue"] or "<|im_start|>" in row["generation"] for row in rows)
     summary = json.loads((stacked / "summary.json").read_text())
     assert summary["stop_rate"] == stop_rate
+    assert 0.0 <= summary["ngram_char3"] <= 1.0 and "fw_js" in summary  # replies scored for style
+    assert all("ngram_char2" in row and "distinct_2" in row for row in rows)  # per-sample figures
 
 
 def test_stage1_ddp_on_two_cpu_processes(tmp_path):

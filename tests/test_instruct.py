@@ -122,3 +122,20 @@ def test_4bit_base_keeps_style_frozen_and_trains_instruct(tiny_model_dir, style_
     fit(module, tiny_model_dir, epochs=1, limit_train_batches=3)
     params = dict(module.peft_model.named_parameters())
     assert all(torch.equal(params[n], before) for n, before in loaded_style.items())
+
+
+def test_prompt_files_txt_jsonl_and_chat_data(tmp_path):
+    from wuxia_lightning.data.instruct_datamodule import read_prompts
+    from wuxia_lightning.errors import UserInputError
+
+    (tmp_path / "p.txt").write_text("剑光一闪\n\n夜色如墨\n", encoding="utf-8")
+    assert [p[-1]["content"] for p in read_prompts(str(tmp_path / "p.txt"), None)] == ["剑光一闪", "夜色如墨"]
+    lines = ['{"prompt": "你好"}', '{"messages": [{"role": "user", "content": "请描写一场雨"}]}']
+    (tmp_path / "p.jsonl").write_text("\n".join(lines), encoding="utf-8")
+    prompts = read_prompts(str(tmp_path / "p.jsonl"), "系统")
+    assert [p[0]["content"] for p in prompts] == ["系统", "系统"] and prompts[1][-1]["content"] == "请描写一场雨"
+    chats = read_prompts(str(DIALOGUES), None)
+    assert len(chats) == 24 and all(chat[-1]["role"] == "user" for chat in chats)
+    (tmp_path / "bad.jsonl").write_text('{"prompt": "ok"}\n{"prompt": 3}\n', encoding="utf-8")
+    with pytest.raises(UserInputError, match=r"bad.jsonl:2.*prompt"):
+        read_prompts(str(tmp_path / "bad.jsonl"), None)

@@ -55,7 +55,6 @@ def read_prompts(path: str, system: str | None) -> list[list[dict[str, str]]]:
     ``.txt``: one prompt per line. JSONL with ``prompt`` (text) or ``messages`` (a chat ending with the
     user). Any chat-data file (the four training formats): each dialogue up to its last user turn.
     """
-    import json
 
     file = Path(path)
     if not file.exists():
@@ -65,7 +64,8 @@ def read_prompts(path: str, system: str | None) -> list[list[dict[str, str]]]:
     if file.suffix == ".txt":
         prompts = [prefix + [{"role": "user", "content": line.strip()}] for line in lines if line.strip()]
     elif _is_prompt_record(next((line for line in lines if line.strip()), "")):
-        prompts = [_prompt_from_record(json.loads(line), prefix) for line in lines if line.strip()]
+        prompts = [_prompt_from_record(line, prefix, path, number)
+                   for number, line in enumerate(lines, start=1) if line.strip()]
     else:  # a chat data file: drop each dialogue's final assistant reply
         dialogues, _ = load_conversations(path, default_system=system)
         prompts = [dialogue[:-1] for dialogue in dialogues]
@@ -84,11 +84,21 @@ def _is_prompt_record(line: str) -> bool:
     return isinstance(record, dict) and ("prompt" in record or "messages" in record) and len(record) <= 2
 
 
-def _prompt_from_record(record: dict, prefix: list[dict[str, str]]) -> list[dict[str, str]]:
-    if isinstance(record.get("prompt"), str):
+def _prompt_from_record(line: str, prefix: list[dict[str, str]], path: str, number: int) -> list[dict[str, str]]:
+    import json
+
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise UserInputError(f"invalid JSON ({error.msg})", path=path, line=number) from error
+    if isinstance(record, dict) and isinstance(record.get("prompt"), str):
         return prefix + [{"role": "user", "content": record["prompt"]}]
-    messages = record["messages"]
-    return messages if messages and messages[0].get("role") == "system" else prefix + messages
+    messages = record.get("messages") if isinstance(record, dict) else None
+    if not isinstance(messages, list) or not messages or not all(
+            isinstance(m, dict) and isinstance(m.get("content"), str) for m in messages):
+        raise UserInputError("expected a string 'prompt' or a non-empty list 'messages' of {role, content}",
+                             path=path, line=number, field="prompt")
+    return messages if messages[0].get("role") == "system" else prefix + messages
 
 
 class InstructDataModule(L.LightningDataModule):
@@ -113,6 +123,7 @@ class InstructDataModule(L.LightningDataModule):
         self.tokenizer = None
         self.datasets: dict[str, Dataset] = {}
         self.encoding_stats: dict[str, dict] = {}
+        self.val_prompts: list[list[dict[str, str]]] = []
 
     def setup(self, stage: str | None = None) -> None:
         if self.tokenizer is None:
@@ -133,6 +144,8 @@ class InstructDataModule(L.LightningDataModule):
     def _encode(self, split: str, files: str | list[str], system: str | None) -> Dataset:
         dialogues, reports = load_conversations(files, default_system=system)
         log.info("%s data:\n%s", split, format_reports(reports))
+        if split == "val":  # validation also generates replies to these prompts (stop rate, style)
+            self.val_prompts = [dialogue[:-1] for dialogue in dialogues]
         examples, stats = encode_dialogues(self.tokenizer, dialogues, self.hparams.max_length)
         self.encoding_stats[split] = stats.to_dict()
         log.info("%s encoding: %s", split, stats.to_dict())

@@ -14,6 +14,7 @@ from typing import Literal
 
 import torch
 
+from wuxia_lightning.evaluation import StyleScorer
 from wuxia_lightning.generation import GenerationSettings, generate_replies
 from wuxia_lightning.metrics.perplexity import TokenPerplexity
 from wuxia_lightning.metrics.stopping import StopRate
@@ -48,7 +49,11 @@ class InstructModule(AdapterModule):
         output_dir: the stacked folder (both adapters, tokenizer, generation config, manifest); predict
             loads the model from here and writes predictions.jsonl into it.
         overwrite_output: allow replacing an existing, non-empty output_dir / predictions file.
-        max_new_tokens / do_sample / temperature / top_p: generation in predict.
+        max_new_tokens / do_sample / temperature / top_p: generation in predict and validation.
+        eval_style_corpus: the style corpus (file, folder, glob) that replies are scored against
+            (n-gram overlap, function words, distinct-n) in validation and predict; None skips style scores.
+        eval_samples: validation replies generated per epoch (from the val dialogues' prompts) to measure
+            the stop rate and style; 0 disables.
     """
 
     def __init__(self, model_name_or_path: str = "tiny-qwen2", tokenizer_name_or_path: str | None = None,
@@ -59,13 +64,15 @@ class InstructModule(AdapterModule):
                  learning_rate: float = 1e-4, weight_decay: float = 0.0, warmup_steps: int = 10,
                  loss_chunk_size: int = 256, output_dir: str | None = None, overwrite_output: bool = False,
                  max_new_tokens: int = 128, do_sample: bool = False, temperature: float = 0.7,
-                 top_p: float = 0.9) -> None:
+                 top_p: float = 0.9, eval_style_corpus: str | list[str] | None = None,
+                 eval_samples: int = 8) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.peft_model = None
         self.val_ppl = TokenPerplexity()
         self.stop_rate = StopRate()
         self.predictions: list[dict] = []
+        self._scorer: StyleScorer | None = None
 
     # ---- model ----------------------------------------------------------------------------------
     def configure_model(self) -> None:
@@ -142,27 +149,59 @@ class InstructModule(AdapterModule):
                     "training": dict(hp)}
         save_stacked(self.peft_model, hp.output_dir, tokenizer, manifest)
 
+    def on_validation_epoch_end(self) -> None:
+        """Generate replies to the first validation prompts: stop rate and, with a corpus, style."""
+        prompts = getattr(self.trainer.datamodule, "val_prompts", [])[: self.hparams.eval_samples]
+        if not prompts or self.trainer.sanity_checking:
+            return
+        rows = self.reply_to(prompts[self.trainer.global_rank::self.trainer.world_size])
+        self.log_dict({f"val/{k}": v for k, v in self.summarise(rows).items() if k != "prompts"},
+                      rank_zero_only=True)
+
     # ---- prediction -----------------------------------------------------------------------------
     def predict_step(self, batch: list[list[dict[str, str]]], batch_idx: int) -> list[dict]:
-        tokenizer = self.trainer.datamodule.tokenizer
-        settings = GenerationSettings(self.hparams.max_new_tokens, self.hparams.do_sample,
-                                      self.hparams.temperature, self.hparams.top_p)
-        replies = generate_replies(self.peft_model, tokenizer, batch, settings)
-        rows = [{"prompt": conv[-1]["content"], "messages": conv, "generation": r.generation,
-                 "new_tokens": r.new_tokens, "stopped": r.stopped, "continues_dialogue": r.continues_dialogue}
-                for conv, r in zip(batch, replies, strict=True)]
-        self.stop_rate.update(torch.tensor([r.stopped for r in replies]),
-                              torch.tensor([r.continues_dialogue for r in replies]))
+        rows = self.reply_to(batch, per_sample_style=True)
         self.predictions.extend(rows)
         return rows
 
     def on_predict_epoch_end(self) -> None:
-        summary = {k: float(v) for k, v in self.stop_rate.compute().items()}
-        summary["prompts"] = len(self.predictions)
+        summary = self.summarise(self.predictions)
         if self.hparams.output_dir and self.trainer.global_rank == 0:
             write_predictions(Path(self.hparams.output_dir), self.predictions, summary,
                               self.hparams.overwrite_output)
+
+    def reply_to(self, conversations: list[list[dict[str, str]]], per_sample_style: bool = False) -> list[dict]:
+        """Generate one reply per conversation; update the stop-rate and style metrics."""
+        settings = GenerationSettings(self.hparams.max_new_tokens, self.hparams.do_sample,
+                                      self.hparams.temperature, self.hparams.top_p)
+        replies = generate_replies(self.peft_model, self.trainer.datamodule.tokenizer, conversations, settings)
+        self.stop_rate.update(torch.tensor([r.stopped for r in replies]),
+                              torch.tensor([r.continues_dialogue for r in replies]))
+        scorer = self.style_scorer()
+        if scorer is not None:
+            scorer.update([r.generation for r in replies])
+        return [{"prompt": conv[-1]["content"], "messages": conv, "generation": r.generation,
+                 "new_tokens": r.new_tokens, "stopped": r.stopped, "continues_dialogue": r.continues_dialogue,
+                 **(scorer.score_one(r.generation) if scorer is not None and per_sample_style else {})}
+                for conv, r in zip(conversations, replies, strict=True)]
+
+    def summarise(self, rows: list[dict]) -> dict[str, float]:
+        """Aggregate figures (reduced across ranks) and reset the metrics for the next round."""
+        summary = {k: float(v) for k, v in self.stop_rate.compute().items()}
         self.stop_rate.reset()
+        if self._scorer is not None:
+            summary.update(self._scorer.compute())
+            self._scorer.reset()
+        summary["prompts"] = len(rows)
+        return summary
+
+    def style_scorer(self) -> StyleScorer | None:
+        if self._scorer is None and self.hparams.eval_style_corpus:
+            from wuxia_lightning.data.corpus import read_corpus
+
+            documents, _ = read_corpus(self.hparams.eval_style_corpus, to_simplified=True)
+            self._scorer = StyleScorer([d.text for d in documents])
+        return self._scorer
 
 
 def read_adapters(folder: str | Path) -> list[str]:
