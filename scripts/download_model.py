@@ -22,6 +22,8 @@ import os
 import sys
 from collections.abc import Mapping
 
+from wuxia_lightning.errors import report_user_error
+
 MIRROR_ENDPOINT = "https://hf-mirror.com"
 DEFAULT_ENDPOINT = "https://huggingface.co"
 _TRUE = ("1", "true", "yes", "on")
@@ -72,8 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         path = download(args, endpoint, offline=is_offline(env))
     except DownloadError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return report_user_error(error)
     print(f"{args.model} downloaded to {path}")
     return 0
 

@@ -28,7 +28,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from wuxia_lightning.errors import UserInputError
+from wuxia_lightning.errors import UserInputError, report_user_error
 
 QUANTISED_MERGE = ("merging into 4-bit weights changes the model's outputs through rounding (peft issue 2321); "
                    "the export always loads the base un-quantised (drop --quantization, choose --dtype)")
@@ -51,17 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         out = export(Path(args.model), Path(args.out), args.dtype, args.base, args.quantization)
     except UserInputError as error:
-        return fail(error)
+        return report_user_error(error)
     print(f"merged model written to {out}")
     return 0
-
-
-def fail(error: Exception) -> int:
-    """One line on stderr, exit code 2; WUXIA_VERBOSE=1 shows the traceback instead."""
-    if os.environ.get("WUXIA_VERBOSE", "") not in ("", "0"):
-        raise error
-    print(f"error: {error}", file=sys.stderr)
-    return 2
 
 
 def export(folder: Path, out: Path, dtype: str, base: str | None = None, quantization: str = "none") -> Path:

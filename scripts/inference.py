@@ -19,12 +19,11 @@ Interactive commands: /reset clears the history, /exit (or Ctrl-D) quits.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Iterator
 from typing import TextIO
 
-from wuxia_lightning.errors import UserInputError
+from wuxia_lightning.errors import UserInputError, report_user_error
 
 DEFAULT_PRESET = "elegant_style"
 USER_TAG, MODEL_TAG = "你> ", "答> "
@@ -59,15 +58,7 @@ def main(argv: list[str] | None = None) -> int:
             return list_presets(args.presets_file)
         return run(args)
     except UserInputError as error:
-        return fail(error)
-
-
-def fail(error: Exception) -> int:
-    """One line on stderr, exit code 2; WUXIA_VERBOSE=1 shows the traceback instead."""
-    if os.environ.get("WUXIA_VERBOSE", "") not in ("", "0"):
-        raise error
-    print(f"error: {error}", file=sys.stderr)
-    return 2
+        return report_user_error(error)
 
 
 def list_presets(presets_file: str | None) -> int:

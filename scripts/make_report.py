@@ -12,6 +12,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from wuxia_lightning.errors import report_user_error
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
@@ -26,8 +28,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         report = build_report(args.log_dir, args.out, args.predictions)
     except FileNotFoundError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return report_user_error(error)
     print(report)
     return 0
 

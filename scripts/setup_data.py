@@ -21,7 +21,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from wuxia_lightning.errors import UserInputError
+from wuxia_lightning.errors import UserInputError, report_user_error
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,20 +41,12 @@ def main(argv: list[str] | None = None) -> int:
         written, skipped, table = setup(args.sources, Path(args.out), args.to_simplified, args.drop_modern,
                                         args.overwrite)
     except UserInputError as error:
-        return fail(error)
+        return report_user_error(error)
     print(table)
     print(f"\nwrote {len(written)} file(s) to {args.out}")
     for source in skipped:
         print(f"skipped {source}: nothing left after cleaning (see the report)")
     return 0
-
-
-def fail(error: Exception) -> int:
-    """One line on stderr, exit code 2; WUXIA_VERBOSE=1 shows the traceback instead."""
-    if os.environ.get("WUXIA_VERBOSE", "") not in ("", "0"):
-        raise error
-    print(f"error: {error}", file=sys.stderr)
-    return 2
 
 
 def setup(sources: Sequence[str], out: Path, to_simplified: bool, drop_modern: bool,

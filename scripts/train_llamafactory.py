@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,7 +39,7 @@ from typing import Any
 
 import yaml
 
-from wuxia_lightning.errors import UserInputError
+from wuxia_lightning.errors import UserInputError, report_user_error
 
 PT_DATASET, SFT_DATASET = "wuxia_pt", "wuxia_sft"
 PT_FILE, SFT_FILE = f"{PT_DATASET}.jsonl", f"{SFT_DATASET}.jsonl"
@@ -81,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         counts = export(args)
     except UserInputError as error:
-        return fail(error)
+        return report_user_error(error)
     out = Path(args.out).resolve()
     print(f"wrote {out}: {counts['documents']} documents ({PT_DATASET}), {counts['dialogues']} dialogues "
           f"({SFT_DATASET}), {STAGE1_YAML}, {STAGE2_YAML}")
@@ -91,14 +90,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"chat: llamafactory-cli chat --model_name_or_path {args.model} --adapter_name_or_path "
           f"{stage_dir(out, 1)},{stage_dir(out, 2)} --template qwen --finetuning_type lora")
     return 0
-
-
-def fail(error: Exception) -> int:
-    """One line on stderr, exit code 2; WUXIA_VERBOSE=1 shows the traceback instead."""
-    if os.environ.get("WUXIA_VERBOSE", "") not in ("", "0"):
-        raise error
-    print(f"error: {error}", file=sys.stderr)
-    return 2
 
 
 def export(args: argparse.Namespace) -> dict[str, Any]:

@@ -8,14 +8,11 @@ base model named in the model section is linked into the data section so they ca
 from __future__ import annotations
 
 import logging
-import os
 import sys
 
 from lightning.pytorch.cli import LightningCLI
 
-from wuxia_lightning.errors import UserInputError
-
-VERBOSE_ENV = "WUXIA_VERBOSE"
+from wuxia_lightning.errors import UserInputError, report_user_error, verbose_requested
 
 
 class WuxiaCLI(LightningCLI):
@@ -27,7 +24,7 @@ class WuxiaCLI(LightningCLI):
 def main(args: list[str] | None = None) -> None:
     from_command_line = args is None
     args = list(sys.argv[1:] if args is None else args)
-    verbose = "--verbose" in args or os.environ.get(VERBOSE_ENV, "") not in ("", "0")
+    verbose = "--verbose" in args or verbose_requested()
     args = [a for a in args if a != "--verbose"]
     if from_command_line:  # LightningCLI reads sys.argv itself; hand it the cleaned list there
         sys.argv[1:], args = args, None
@@ -38,6 +35,5 @@ def main(args: list[str] | None = None) -> None:
     except UserInputError as error:
         if verbose:
             raise
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(report_user_error(error))
 
