@@ -65,6 +65,14 @@ def test_quickstart_stage1_fits_and_writes_a_loadable_adapter(tmp_path):
     assert set(style_eval["rates"]) == {"corpus", "base", "styled"}
     assert len(style_eval["rates"]["corpus"]) == len(style_eval["feature_names"])
 
+    # "eval only": validating the last checkpoint restores the adapter exactly (same val perplexity)
+    checkpoint = next(tmp_path.rglob("last.ckpt"))
+    run_cli("validate", "--config", "configs/quickstart_style.yaml", f"--ckpt_path={checkpoint}",
+            "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
+            f"--trainer.logger.init_args.save_dir={tmp_path / 'eval'}")
+    validated = read_metrics(tmp_path / "eval")
+    assert abs(series(validated, "val_style/ppl")[-1] - series(rows, "val_style/ppl")[-1]) < 1e-3
+
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
