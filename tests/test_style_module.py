@@ -74,3 +74,26 @@ def test_checkpoint_keeps_only_adapter_tensors(tiny_model_dir):
     kept = set(checkpoint["state_dict"])
     assert kept and all("lora_" in key for key in kept)
     assert len(kept) < len(module.state_dict())
+
+
+def test_qlora_stage1_trains_with_kl_and_validation_between_steps(tiny_model_dir):
+    """nf4 base on the CPU: reference passes (adapter disabled) and validation interleave with training."""
+    import bitsandbytes as bnb
+    import lightning as L
+    from conftest import REPO
+
+    from wuxia_lightning.data.style_datamodule import StyleDataModule
+
+    module = StyleAlignmentModule(model_name_or_path=str(tiny_model_dir), quantization="4bit", kl_beta=0.5,
+                                  learning_rate=5e-3, warmup_steps=0)
+    data = StyleDataModule(corpus=str(REPO / "data" / "sample" / "style"), max_length=64, batch_size=2,
+                           val_fraction=0.2, model_name_or_path=str(tiny_model_dir))
+    trainer = L.Trainer(accelerator="cpu", max_steps=4, val_check_interval=2, limit_val_batches=1,
+                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, num_sanity_val_steps=0)
+    trainer.fit(module, datamodule=data)
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in module.peft_model.modules())
+    metrics = trainer.callback_metrics
+    assert metrics["train/kl"] > 0 and torch.isfinite(metrics["val_style/ppl"])
+    trainable = {n for n, p in module.peft_model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n and ".style." in n for n in trainable)

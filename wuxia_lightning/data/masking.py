@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from wuxia_lightning.errors import UserInputError
 from wuxia_lightning.objectives.losses import IGNORE_INDEX
 
 MODES: tuple[str, ...] = ("span", "function_word", "none")
@@ -63,8 +64,12 @@ class InfillTokens:
     @classmethod
     def from_tokenizer(cls, tokenizer) -> InfillTokens:
         ids = [tokenizer.convert_tokens_to_ids(token) for token in FIM_TOKENS]
-        if any(i is None or i == tokenizer.unk_token_id for i in ids):
-            raise ValueError(f"tokenizer lacks the FIM tokens {FIM_TOKENS}; add them before masking")
+        missing = [t for t, i in zip(FIM_TOKENS, ids, strict=True)
+                   if i is None or tokenizer.convert_ids_to_tokens(i) != t]
+        if missing:
+            raise UserInputError(f"the tokenizer has no {missing} tokens, which the infilling layout uses; "
+                                 "Qwen2.5/Qwen3 tokenizers have them — pass one with --model.tokenizer_name_or_path",
+                                 field="model.tokenizer_name_or_path")
         return cls(*ids)
 
 

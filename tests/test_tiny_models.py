@@ -1,0 +1,54 @@
+"""Offline tiny models: saved with save_pretrained, loaded with plain from_pretrained, Qwen2 and Qwen3."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import QWEN_TOKENIZER, require_shared
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from wuxia_lightning.modeling.tiny import make_tiny_model, resolve_model_path
+from wuxia_lightning.modules.style import StyleAlignmentModule
+
+SPECIAL = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>",
+           "<|fim_pad|>")
+
+
+def test_trained_tokenizer_round_trips_any_text_and_has_qwen_specials(tiny_model_dir):
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    for token in SPECIAL:
+        assert tokenizer.convert_ids_to_tokens(tokenizer.convert_tokens_to_ids(token)) == token
+    text = "劍光一閃 — naïve 😀 ½ 第一回　寒江夜雨\n"  # characters the sample corpus never had
+    assert tokenizer.decode(tokenizer(text)["input_ids"]) == text
+    chat = tokenizer.apply_chat_template([{"role": "user", "content": "你好"}], tokenize=False,
+                                         add_generation_prompt=True)
+    assert chat.endswith("<|im_start|>assistant\n")
+    config = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)).config
+    assert config.model_type == "qwen2" and config.vocab_size >= len(tokenizer)
+    # a base model's config ends text with <|endoftext|>, exactly like Qwen2.5 base
+    assert config.eos_token_id == tokenizer.convert_tokens_to_ids("<|endoftext|>")
+
+
+def test_tiny_qwen3_with_the_real_qwen_tokenizer_loads_offline_and_trains(tmp_path):
+    tokenizer_dir = require_shared(QWEN_TOKENIZER)
+    folder = make_tiny_model(tmp_path / "qwen3", arch="qwen3", tokenizer_path=tokenizer_dir)
+    model = AutoModelForCausalLM.from_pretrained(str(folder))
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    assert model.config.model_type == "qwen3" and len(tokenizer) == 151_665
+    assert model.config.vocab_size == 151_680 and model.get_input_embeddings().num_embeddings == 151_680
+    module = StyleAlignmentModule(model_name_or_path=str(folder), loss_chunk_size=64)
+    module.configure_model()
+    ids = torch.tensor([tokenizer("剑光一闪，那人已然倒地。")["input_ids"]])
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
+    out = module.step_losses(batch)
+    out["loss"].backward()
+    assert torch.isfinite(out["loss"]) and out["kl"].item() == pytest.approx(0.0, abs=1e-6)  # LoRA B = 0
+
+
+def test_make_tiny_model_never_overwrites(tmp_path, tiny_model_dir):
+    (tmp_path / "exists").mkdir()
+    (tmp_path / "exists" / "keep.txt").write_text("x")
+    with pytest.raises(FileExistsError):
+        make_tiny_model(tmp_path / "exists", texts=["剑光一闪"] * 20)
+    assert (tmp_path / "exists" / "keep.txt").read_text() == "x"
+    assert resolve_model_path("Qwen/Qwen2.5-7B") == "Qwen/Qwen2.5-7B"  # hub ids pass through untouched
