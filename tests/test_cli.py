@@ -73,6 +73,21 @@ def test_quickstart_stage1_fits_and_writes_a_loadable_adapter(tmp_path):
     validated = read_metrics(tmp_path / "eval")
     assert abs(series(validated, "val_style/ppl")[-1] - series(rows, "val_style/ppl")[-1]) < 1e-3
 
+    # resume: training continues from the adapter-only checkpoint (optimizer state included)
+    run_cli(*stage1_args(tmp_path, "--trainer.max_epochs=5", f"--ckpt_path={checkpoint}",
+                         "--model.overwrite_output=false", "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
+                         f"--trainer.logger.init_args.save_dir={tmp_path / 'resumed'}"))
+    resumed = read_metrics(tmp_path / "resumed")
+    assert min(int(r["step"]) for r in resumed if r.get("train/loss")) >= len(loss)
+
+    # the run folder turns into a report with plots
+    from wuxia_lightning.report import build_report
+
+    report = build_report(next((tmp_path / "logs").rglob("metrics.csv")).parent, out_dir=tmp_path / "report")
+    text = report.read_text()
+    for png in ("loss.png", "ppl.png", "kl.png", "function_words.png"):
+        assert png in text and (tmp_path / "report" / png).stat().st_size > 5_000
+
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
