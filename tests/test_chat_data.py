@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import QWEN_TOKENIZER, SHARED
 
 from wuxia_lightning.data.chat_encoding import (
     CHATML_TEMPLATE,
@@ -20,9 +21,8 @@ from wuxia_lightning.data.chat_formats import detect_format, load_conversations
 from wuxia_lightning.data.presets import load_presets, resolve_system_prompt
 from wuxia_lightning.errors import UserInputError
 
-REPO = Path(__file__).resolve().parents[1]
-TOKENIZER_DIR = REPO.parent / "shared" / "fixtures" / "qwen2.5-tokenizer"
-REAL_DATA = REPO.parent / "shared" / "data" / "instruct" / "alpaca_zh_hikariming.jsonl"
+TOKENIZER_DIR = QWEN_TOKENIZER
+REAL_DATA = SHARED / "data" / "instruct" / "alpaca_zh_hikariming.jsonl"
 IM_END_ID = 151645
 NEWLINE_ID = 198
 

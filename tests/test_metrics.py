@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import SHARED
 
 from wuxia_lightning.data.function_words import FUNCTION_POS_PREFIXES, is_function_word
 from wuxia_lightning.metrics import (
@@ -35,8 +36,7 @@ from wuxia_lightning.metrics import (
 from wuxia_lightning.metrics import function_words as fw_module
 from wuxia_lightning.metrics import ngram as ngram_module
 
-ROOT = Path(__file__).resolve().parents[1]
-STYLE_DIR = ROOT.parent / "shared" / "data" / "style"
+STYLE_DIR = SHARED / "data" / "style"
 
 # Original wuxia-style prose written for these tests (~3 KB), one paragraph per line.
 STORY = """
