@@ -22,10 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 from wuxia_lightning.errors import UserInputError, report_user_error
@@ -97,32 +94,19 @@ def provenance(folder: Path, manifest: dict, dtype: str, base: str | None) -> di
 
 def save_atomically(model, tokenizer, out: Path, info: dict) -> Path:
     """Write into a temporary folder beside ``out`` and rename it: a reader never sees half a model."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp makes it 0700; OUT is for others to serve
+    from wuxia_lightning.io import staged_directory
+    from wuxia_lightning.modeling.stacking import stop_token_ids
+
+    with staged_directory(out) as staging:  # never replaces an existing OUT
         model.config.use_cache = True  # load_base_model turns it off for training; servers read config.json
         generation = model.generation_config
-        from wuxia_lightning.modeling.stacking import stop_token_ids
-
         generation.eos_token_id = stop_token_ids(tokenizer)
         generation.pad_token_id = tokenizer.pad_token_id
         generation._from_model_config = False  # ours now: generate() must not rebuild it from config.json
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         (staging / "wuxia_export.json").write_text(json.dumps(info, ensure_ascii=False, indent=2), encoding="utf-8")
-        check_target(out)  # os.rename would silently replace an empty folder created meanwhile
-        os.rename(staging, out)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
     return out
-
-
-def current_umask() -> int:
-    mask = os.umask(0)  # the only way to read it is to set it; put it straight back
-    os.umask(mask)
-    return mask
 
 
 if __name__ == "__main__":

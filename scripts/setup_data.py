@@ -16,12 +16,12 @@ Existing output files are never replaced unless --overwrite is given.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from wuxia_lightning.errors import UserInputError, report_user_error
+from wuxia_lightning.io import atomic_write
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,7 +66,7 @@ def setup(sources: Sequence[str], out: Path, to_simplified: bool, drop_modern: b
         if source not in texts:
             skipped.append(source)
             continue
-        write_atomically(target, texts[source])
+        atomic_write(target, lambda path, text=texts[source]: path.write_text(text, encoding="utf-8", newline="\n"))
         written.append(target)
     return written, skipped, report.format()
 
@@ -98,19 +98,6 @@ def refuse_existing(existing: Sequence[Path]) -> None:
         names = ", ".join(str(p) for p in existing[:3]) + (f" and {len(existing) - 3} more" if len(existing) > 3
                                                              else "")
         raise UserInputError(f"output file(s) already exist: {names}; pass --overwrite to replace them")
-
-
-def write_atomically(target: Path, text: str) -> None:
-    """Write beside the target and rename: an interrupted run never leaves half a file. (A plain open,
-    not mkstemp, so the file gets the usual permissions rather than 0600.)"""
-    temp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        with open(temp, "w", encoding="utf-8", newline="\n") as stream:
-            stream.write(text)
-        os.replace(temp, target)
-    finally:
-        if temp.exists():
-            temp.unlink()
 
 
 if __name__ == "__main__":

@@ -16,8 +16,8 @@ from wuxia_lightning.data.corpus import resolve_sources, split_train_val
 from wuxia_lightning.data.masking import DynamicMasker, InfillTokens, MaskingConfig
 from wuxia_lightning.data.token_cache import IngestSettings, TokenizedDocument, load_or_build_many
 from wuxia_lightning.data.windows import TokenStream, build_stream
+from wuxia_lightning.io import cache_root
 from wuxia_lightning.modeling.loading import load_tokenizer
-from wuxia_lightning.modeling.tiny import cache_root
 from wuxia_lightning.objectives.losses import IGNORE_INDEX
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 
 from wuxia_lightning.data.corpus import Document, FileReport, read_corpus
 from wuxia_lightning.data.function_words import function_word_spans
+from wuxia_lightning.io import atomic_write
 
 CACHE_VERSION = "1"
 
@@ -124,9 +124,9 @@ def _write_cache(stem: Path, documents: list[TokenizedDocument], report: FileRep
     }
     meta = {"documents": [{"source": d.document.source, "index": d.document.index, "title": d.document.title}
                           for d in documents], "report": report.__dict__}
-    _atomic_write(stem.with_suffix(".npz"), lambda handle: np.savez(handle, **arrays))
-    _atomic_write(stem.with_suffix(".json"),
-                  lambda handle: handle.write(json.dumps(meta, ensure_ascii=False).encode()))
+    atomic_write(stem.with_suffix(".npz"), lambda path: np.savez(path, **arrays))
+    atomic_write(stem.with_suffix(".json"),
+                 lambda path: path.write_text(json.dumps(meta, ensure_ascii=False), encoding="utf-8"))
 
 
 def _read_cache(stem: Path) -> tuple[list[TokenizedDocument], FileReport]:
@@ -146,14 +146,3 @@ def _read_cache(stem: Path) -> tuple[list[TokenizedDocument], FileReport]:
 
 def _concat(parts: list[np.ndarray], dtype) -> np.ndarray:
     return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype=dtype)
-
-
-def _atomic_write(path: Path, write) -> None:
-    handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False)
-    try:
-        with handle:
-            write(handle)
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise

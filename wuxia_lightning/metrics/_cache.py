@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from wuxia_lightning.io import atomic_write, cache_root
+
+__all__ = ["atomic_write", "content_key", "default_cache_dir"]
+
 
 def default_cache_dir(name: str) -> Path:
-    """``$XDG_CACHE_HOME/wuxia_lightning/<name>``, falling back to ``~/.cache``."""
-    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return root / "wuxia_lightning" / name
+    """``<cache root>/<name>``: the project's one cache root ($WUXIA_CACHE or ~/.cache/wuxia_lightning)."""
+    return cache_root() / name
 
 
 def content_key(texts: Iterable[str], settings: dict[str, Any]) -> str:
@@ -25,17 +26,3 @@ def content_key(texts: Iterable[str], settings: dict[str, Any]) -> str:
         digest.update(len(data).to_bytes(8, "little"))
         digest.update(data)
     return digest.hexdigest()
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through a temporary file in the same folder then rename, so concurrent ranks never read
-    a half-written cache file (the rename is atomic on POSIX and Windows)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)

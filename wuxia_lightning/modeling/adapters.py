@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+
+from wuxia_lightning.io import staged_directory
 
 ALL_LINEAR = "all-linear"
 
@@ -35,14 +35,9 @@ def restore_trainable(model: torch.nn.Module, names: set[str]) -> None:
 
 def save_adapter_atomically(peft_model, adapter_name: str, out_dir: str | Path, tokenizer=None,
                             manifest: dict | None = None) -> Path:
-    """Write one adapter so that ``out_dir`` is a plain peft adapter folder, replacing it atomically.
-
-    A reader never sees a half-written folder: we write beside it, then swap.
-    """
+    """Write one adapter so that ``out_dir`` is a plain peft adapter folder, replacing it atomically."""
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with staged_directory(out_dir, replace=True) as staging:
         peft_model.save_pretrained(staging, selected_adapters=[adapter_name])
         # peft writes adapters other than "default" to <dir>/<name>/; flatten to a plain adapter folder.
         nested = staging / adapter_name
@@ -55,21 +50,4 @@ def save_adapter_atomically(peft_model, adapter_name: str, out_dir: str | Path, 
         if manifest is not None:
             (staging / "wuxia_manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=2),
                                                          encoding="utf-8")
-        replace_dir(staging, out_dir)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
     return out_dir
-
-
-def replace_dir(new: Path, target: Path) -> None:
-    """Swap ``new`` into ``target``'s place; the old contents are removed only after the swap."""
-    if target.exists():
-        retired = target.with_name(f".{target.name}.old")
-        if retired.exists():
-            shutil.rmtree(retired)
-        os.replace(target, retired)
-        os.replace(new, target)
-        shutil.rmtree(retired)
-    else:
-        os.replace(new, target)

@@ -8,12 +8,13 @@ exactly as it was trained.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import torch
 
 from wuxia_lightning.errors import UserInputError
-from wuxia_lightning.modeling.adapters import replace_dir
+from wuxia_lightning.io import staged_directory
 from wuxia_lightning.modeling.loading import Precision, Quantization, load_base_model
 
 STYLE, INSTRUCT = "style", "instruct"
@@ -46,20 +47,16 @@ def activate(peft_model, adapters: list[str]) -> None:
 
 def save_stacked(peft_model, out_dir: str | Path, tokenizer, manifest: dict) -> Path:
     """Both adapters in peft's layout (``style/``, ``instruct/``), tokenizer, generation config, manifest."""
-    import tempfile
-
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    peft_model.save_pretrained(str(staging), selected_adapters=manifest["adapters"])
-    tokenizer.save_pretrained(str(staging))
-    generation_config(tokenizer).save_pretrained(str(staging))
-    (staging / MANIFEST).write_text(json.dumps(manifest, ensure_ascii=False, indent=2, default=str),
-                                    encoding="utf-8")
-    for extra in ("predictions.jsonl", "summary.json"):  # keep earlier predictions that live in the folder
-        if (out_dir / extra).exists():
-            (out_dir / extra).replace(staging / extra)
-    replace_dir(staging, out_dir)
+    with staged_directory(out_dir, replace=True) as staging:
+        peft_model.save_pretrained(str(staging), selected_adapters=manifest["adapters"])
+        tokenizer.save_pretrained(str(staging))
+        generation_config(tokenizer).save_pretrained(str(staging))
+        (staging / MANIFEST).write_text(json.dumps(manifest, ensure_ascii=False, indent=2, default=str),
+                                        encoding="utf-8")
+        for extra in ("predictions.jsonl", "summary.json"):  # keep earlier predictions that live in the folder
+            if (out_dir / extra).exists():
+                shutil.copy2(out_dir / extra, staging / extra)
     return out_dir
 
 

@@ -9,13 +9,12 @@ loads with plain ``AutoModelForCausalLM.from_pretrained`` like any hub checkpoin
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
+
+from wuxia_lightning.io import cache_root, staged_directory
 
 # Qwen's special tokens, in Qwen's id order, so the trained tokenizer mirrors the real one's layout.
 QWEN_SPECIAL_TOKENS: tuple[str, ...] = (
@@ -104,15 +103,9 @@ def make_tiny_model(out_dir: str | Path, arch: str = "qwen2", tokenizer_path: st
     if pretrain_steps > 0:
         pretrain(model, tokenizer, texts if texts is not None else sample_texts(), pretrain_steps)
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=out_dir.parent))
-    model.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    try:
-        os.replace(staging, out_dir)  # atomic: readers never see a half-written model
-    except OSError as error:  # the folder exists: never overwrite what is there
-        shutil.rmtree(staging)
-        raise FileExistsError(f"{out_dir} already exists; not overwriting it") from error
+    with staged_directory(out_dir) as staging:  # readers never see a half-written model
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
     return out_dir
 
 
@@ -135,10 +128,6 @@ def pretrain(model, tokenizer, texts: Sequence[str], steps: int, length: int = 1
         losses.append(loss.item())
     model.eval()
     return losses
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("WUXIA_CACHE", Path.home() / ".cache" / "wuxia_lightning"))
 
 
 def resolve_model_path(spec: str, tokenizer_path: str | None = None) -> str:
