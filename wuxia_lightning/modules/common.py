@@ -16,7 +16,6 @@ class AdapterModule(L.LightningModule):
     """A LightningModule around a peft model (``self.peft_model``, built in ``configure_model``) whose
     checkpoints hold only the trainable tensors."""
 
-
     def __init__(self) -> None:
         super().__init__()
         self.strict_loading = False  # checkpoints deliberately omit the frozen base
@@ -32,8 +31,9 @@ class AdapterModule(L.LightningModule):
         return decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
 
     def token_losses(self, batch: dict[str, torch.Tensor], ref_hidden: torch.Tensor | None = None,
-                     hidden: torch.Tensor | None = None, chunk_size: int = 256) -> TokenLossSums:
-        hidden = self.hidden_states(batch) if hidden is None else hidden
+                     chunk_size: int = 256) -> TokenLossSums:
+        """CE (and KL to ``ref_hidden``'s distribution) over the labelled positions, chunked."""
+        hidden = self.hidden_states(batch)
         selected, targets, weights, mask = select_loss_positions(hidden, batch["labels"], batch.get("loss_weights"))
         ref_selected = ref_hidden[:, :-1][mask] if ref_hidden is not None else None
         return chunked_ce_kl(selected, targets, weights, self.causal_lm().get_output_embeddings(),

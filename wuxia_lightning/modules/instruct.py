@@ -27,6 +27,7 @@ from wuxia_lightning.modeling.stacking import (
     activate,
     attach_style,
     load_stacked,
+    read_manifest,
     save_stacked,
 )
 from wuxia_lightning.modules.common import AdapterModule
@@ -82,7 +83,7 @@ class InstructModule(AdapterModule):
         if self._serving():
             self.peft_model, _ = load_stacked(hp.output_dir, model_name_or_path=hp.model_name_or_path,
                                               dtype=hp.dtype, quantization=hp.quantization)
-            self.adapters = read_adapters(hp.output_dir)
+            self.adapters = read_manifest(hp.output_dir)["adapters"]
             return
         if not hp.style_adapter:
             raise ValueError("--model.style_adapter is required: a stage-1 output folder")
@@ -202,10 +203,6 @@ class InstructModule(AdapterModule):
             documents, _ = read_corpus(self.hparams.eval_style_corpus, to_simplified=True)
             self._scorer = StyleScorer([d.text for d in documents])
         return self._scorer
-
-
-def read_adapters(folder: str | Path) -> list[str]:
-    return json.loads((Path(folder) / MANIFEST).read_text(encoding="utf-8"))["adapters"]
 
 
 def assert_trainable_only(peft_model: torch.nn.Module, adapter: str) -> None:
