@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from transformers import AutoModelForCausalLM
 
@@ -97,3 +98,49 @@ def test_qlora_stage1_trains_with_kl_and_validation_between_steps(tiny_model_dir
     assert metrics["train/kl"] > 0 and torch.isfinite(metrics["val_style/ppl"])
     trainable = {n for n, p in module.peft_model.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n and ".style." in n for n in trainable)
+
+
+def test_tokenizer_without_fim_tokens_gets_sentinels_whose_rows_the_adapter_trains(tmp_path):
+    """A base whose tokenizer lacks the FIM tokens: they are added, the embedding grows, the adapter trains
+    exactly those new rows, and the saved style folder restores the trained rows."""
+    from conftest import SAMPLE_TEXT
+
+    from wuxia_lightning.data.masking import FIM_TOKENS, DynamicMasker, InfillTokens, MaskingConfig
+    from wuxia_lightning.modeling.loading import load_tokenizer
+    from wuxia_lightning.modeling.stacking import load_stacked
+    from wuxia_lightning.modeling.tiny import QWEN_SPECIAL_TOKENS, make_tiny_model, train_bpe_tokenizer
+
+    plain = train_bpe_tokenizer([SAMPLE_TEXT] * 4, vocab_size=320, special_tokens=QWEN_SPECIAL_TOKENS[:3])
+    plain.save_pretrained(tmp_path / "tok")
+    folder = make_tiny_model(tmp_path / "model", tokenizer_path=tmp_path / "tok")
+    assert not set(FIM_TOKENS) & set(plain.get_vocab())
+
+    tokenizer = load_tokenizer(str(folder))
+    tokens = InfillTokens.from_tokenizer(tokenizer)
+    module = StyleAlignmentModule(model_name_or_path=str(folder))
+    module.configure_model()
+    trainable = {n for n, p in module.peft_model.named_parameters() if p.requires_grad}
+    assert any("trainable_tokens" in n for n in trainable)
+
+    ids = np.array(tokenizer(SAMPLE_TEXT)["input_ids"][:40])
+    masker = DynamicMasker(MaskingConfig(span_prob=1.0, function_word_prob=0.0, none_prob=0.0), tokens, 64)
+    sample = masker(ids, np.zeros(len(ids), bool), np.zeros(len(ids), bool), epoch=0, index=0)
+    batch = {key: torch.as_tensor(sample[key])[None] for key in ("input_ids", "labels", "loss_weights")}
+    batch["attention_mask"] = torch.ones_like(batch["input_ids"])
+    optimizer = torch.optim.SGD([p for p in module.peft_model.parameters() if p.requires_grad], lr=1.0)
+    embed = module.peft_model.get_input_embeddings()
+    before = embed(torch.tensor([[tokens.begin, tokens.hole, 5]])).detach().clone()
+    module.step_losses(batch)["loss"].backward()
+    optimizer.step()
+    after = embed(torch.tensor([[tokens.begin, tokens.hole, 5]])).detach()
+    assert not torch.equal(before[0, :2], after[0, :2])  # the new rows moved
+    assert torch.equal(before[0, 2], after[0, 2])  # an old row did not
+
+    from wuxia_lightning.modeling.adapters import save_adapter_atomically
+
+    save_adapter_atomically(module.peft_model, "style", tmp_path / "style", tokenizer,
+                            {"stage": "style", "adapters": ["style"], "base_model": str(folder)})
+    restored, _ = load_stacked(tmp_path / "style")
+    with torch.no_grad():
+        restored_rows = restored.get_input_embeddings()(torch.tensor([[tokens.begin, tokens.hole, 5]]))
+    torch.testing.assert_close(restored_rows, after)

@@ -14,12 +14,15 @@ from wuxia_lightning.io import staged_directory
 ALL_LINEAR = "all-linear"
 
 
-def lora_config(r: int, alpha: int, dropout: float, target_modules: str | Sequence[str] = ALL_LINEAR):
+def lora_config(r: int, alpha: int, dropout: float, target_modules: str | Sequence[str] = ALL_LINEAR,
+                trainable_token_ids: Sequence[int] = ()):
+    """LoRA on ``target_modules``; ``trainable_token_ids`` also trains those embedding rows (new tokens)."""
     from peft import LoraConfig
 
     targets = target_modules if isinstance(target_modules, str) else list(target_modules)
+    tokens = {"embed_tokens": list(trainable_token_ids)} if trainable_token_ids else None
     return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
-                      bias="none", task_type="CAUSAL_LM")
+                      bias="none", task_type="CAUSAL_LM", trainable_token_indices=tokens)
 
 
 def trainable_names(model: torch.nn.Module) -> set[str]:

@@ -14,15 +14,41 @@ Quantization = Literal["none", "4bit"]
 
 
 def load_tokenizer(model_name_or_path: str, tokenizer_name_or_path: str | None = None):
-    """The tokenizer of the model (or an explicit one), padded on the right for training."""
-    from transformers import AutoTokenizer
-
-    source = tokenizer_name_or_path or resolve_model_path(model_name_or_path, tokenizer_name_or_path)
-    tokenizer = AutoTokenizer.from_pretrained(source)
+    """The tokenizer of the model (or an explicit one), padded on the right for training, with the infill
+    (FIM) tokens the cloze layout needs — added as new special tokens when a tokenizer lacks them."""
+    tokenizer = _raw_tokenizer(model_name_or_path, tokenizer_name_or_path)
+    ensure_infill_tokens(tokenizer)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
     return tokenizer
+
+
+def ensure_infill_tokens(tokenizer) -> list[int]:
+    """Add the FIM tokens a tokenizer lacks (Qwen2.5/Qwen3 have them all); returns the ids added now.
+
+    Always the same tokens in the same order, so every process that loads the tokenizer gets the same ids.
+    """
+    from wuxia_lightning.data.masking import FIM_TOKENS
+
+    vocabulary = tokenizer.get_vocab()
+    missing = [token for token in FIM_TOKENS if token not in vocabulary]
+    if missing:
+        tokenizer.add_tokens(missing, special_tokens=True)
+    return [tokenizer.convert_tokens_to_ids(token) for token in missing]
+
+
+def added_infill_token_ids(model_name_or_path: str, tokenizer_name_or_path: str | None = None) -> list[int]:
+    """Ids of infill tokens the model's own tokenizer lacks: their embedding rows start untrained, so the
+    style adapter must train them (peft ``trainable_token_indices``)."""
+    return ensure_infill_tokens(_raw_tokenizer(model_name_or_path, tokenizer_name_or_path))
+
+
+def _raw_tokenizer(model_name_or_path: str, tokenizer_name_or_path: str | None):
+    from transformers import AutoTokenizer
+
+    source = tokenizer_name_or_path or resolve_model_path(model_name_or_path, tokenizer_name_or_path)
+    return AutoTokenizer.from_pretrained(source)
 
 
 def load_base_model(model_name_or_path: str, *, tokenizer_name_or_path: str | None = None,
@@ -48,6 +74,9 @@ def load_base_model(model_name_or_path: str, *, tokenizer_name_or_path: str | No
         )
         kwargs["device_map"] = _quantized_device_map()
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    vocabulary = len(load_tokenizer(model_name_or_path, tokenizer_name_or_path))
+    if vocabulary > model.get_input_embeddings().num_embeddings:  # infill tokens were added
+        model.resize_token_embeddings(vocabulary, pad_to_multiple_of=64)
     model.requires_grad_(False)
     if quantization == "4bit":
         disable_cpu_4bit_repacking(model)

@@ -27,7 +27,8 @@ DEFAULT_PRETRAIN_STEPS = 150
 DEFAULT_TRAIN_TEXT = Path(__file__).resolve().parents[2] / "data" / "sample" / "style"
 
 
-def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 4000):
+def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 4000,
+                        special_tokens: Sequence[str] = QWEN_SPECIAL_TOKENS):
     """A byte-level BPE tokenizer with Qwen's special tokens and a ChatML chat template."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -39,13 +40,13 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 4000):
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=list(QWEN_SPECIAL_TOKENS),
+        vocab_size=vocab_size, special_tokens=list(special_tokens),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
     )
     backend.train_from_iterator(texts, trainer=trainer)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-        additional_special_tokens=list(QWEN_SPECIAL_TOKENS[1:]), clean_up_tokenization_spaces=False,
+        additional_special_tokens=list(special_tokens[1:]), clean_up_tokenization_spaces=False,
     )
     tokenizer.chat_template = CHATML_TEMPLATE
     return tokenizer

@@ -20,7 +20,13 @@ from wuxia_lightning.modeling.adapters import (
     save_adapter_atomically,
     trainable_names,
 )
-from wuxia_lightning.modeling.loading import Precision, Quantization, load_base_model, load_tokenizer
+from wuxia_lightning.modeling.loading import (
+    Precision,
+    Quantization,
+    added_infill_token_ids,
+    load_base_model,
+    load_tokenizer,
+)
 from wuxia_lightning.modules.common import AdapterModule
 
 ADAPTER = "style"
@@ -71,7 +77,8 @@ class StyleAlignmentModule(AdapterModule):
         base = load_base_model(hp.model_name_or_path, tokenizer_name_or_path=hp.tokenizer_name_or_path,
                                dtype=hp.dtype, quantization=hp.quantization,
                                gradient_checkpointing=hp.gradient_checkpointing)
-        config = lora_config(hp.lora_r, hp.lora_alpha, hp.lora_dropout, hp.lora_target_modules)
+        new_tokens = added_infill_token_ids(hp.model_name_or_path, hp.tokenizer_name_or_path)
+        config = lora_config(hp.lora_r, hp.lora_alpha, hp.lora_dropout, hp.lora_target_modules, new_tokens)
         self.peft_model = get_peft_model(base, config, adapter_name=ADAPTER)
         self._trainable = trainable_names(self.peft_model)
 
