@@ -29,6 +29,11 @@ def trainable_names(model: torch.nn.Module) -> set[str]:
     return {name for name, param in model.named_parameters() if param.requires_grad}
 
 
+def adapter_parameter_names(model: torch.nn.Module, adapter: str) -> set[str]:
+    """Names of the LoRA tensors of one adapter (peft puts the adapter name in each of them)."""
+    return {name for name, _ in model.named_parameters() if "lora_" in name and f".{adapter}." in name}
+
+
 def restore_trainable(model: torch.nn.Module, names: set[str]) -> None:
     """Make exactly ``names`` trainable. peft flips requires_grad on leaving ``disable_adapter()`` and on
     ``set_adapter``; we re-assert the set we meant instead of trusting either (PITFALLS.md)."""

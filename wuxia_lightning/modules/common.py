@@ -9,6 +9,7 @@ import lightning as L
 import torch
 
 from wuxia_lightning.errors import UserInputError
+from wuxia_lightning.modeling.loading import load_tokenizer
 from wuxia_lightning.objectives.losses import TokenLossSums, chunked_ce_kl, select_loss_positions
 
 
@@ -20,6 +21,13 @@ class AdapterModule(L.LightningModule):
         super().__init__()
         self.strict_loading = False  # checkpoints deliberately omit the frozen base
         self._batch_started = 0.0
+        self._tokenizer = None
+
+    def tokenizer(self):
+        """The tokenizer saved beside the adapters: loaded once, not again at every checkpoint."""
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(self.hparams.model_name_or_path, self.hparams.tokenizer_name_or_path)
+        return self._tokenizer
 
     # ---- forward pieces -------------------------------------------------------------------------
     def causal_lm(self) -> torch.nn.Module:

@@ -14,12 +14,18 @@ from typing import Literal
 
 import torch
 
+from wuxia_lightning.data.chat_encoding import ensure_chat_template
 from wuxia_lightning.evaluation import StyleScorer
 from wuxia_lightning.generation import GenerationSettings, generate_replies
 from wuxia_lightning.metrics.perplexity import TokenPerplexity
 from wuxia_lightning.metrics.stopping import StopRate
-from wuxia_lightning.modeling.adapters import ALL_LINEAR, lora_config, restore_trainable
-from wuxia_lightning.modeling.loading import Precision, Quantization, load_base_model, load_tokenizer
+from wuxia_lightning.modeling.adapters import (
+    ALL_LINEAR,
+    adapter_parameter_names,
+    lora_config,
+    restore_trainable,
+)
+from wuxia_lightning.modeling.loading import Precision, Quantization, load_base_model
 from wuxia_lightning.modeling.stacking import (
     INSTRUCT,
     MANIFEST,
@@ -100,8 +106,7 @@ class InstructModule(AdapterModule):
             self.adapters = [STYLE, INSTRUCT]
         activate(self.peft_model, self.adapters)
         trained = self.adapters[-1]
-        restore_trainable(self.peft_model, {n for n, _ in self.peft_model.named_parameters()
-                                            if "lora_" in n and f".{trained}." in n})
+        restore_trainable(self.peft_model, adapter_parameter_names(self.peft_model, trained))
         self.style_snapshot = {n: p.detach().clone() for n, p in self.peft_model.named_parameters()
                                if f".{STYLE}." in n}
         assert_trainable_only(self.peft_model, trained)
@@ -138,9 +143,7 @@ class InstructModule(AdapterModule):
         hp = self.hparams
         if hp.output_dir is None or self.trainer.global_rank != 0:
             return
-        tokenizer = load_tokenizer(hp.model_name_or_path, hp.tokenizer_name_or_path)
-        from wuxia_lightning.data.chat_encoding import ensure_chat_template
-
+        tokenizer = self.tokenizer()
         ensure_chat_template(tokenizer)
         manifest = {"stage": "instruct", "base_model": hp.model_name_or_path,
                     "tokenizer": hp.tokenizer_name_or_path, "adapters": self.adapters,
@@ -207,7 +210,8 @@ class InstructModule(AdapterModule):
 
 def assert_trainable_only(peft_model: torch.nn.Module, adapter: str) -> None:
     """Exactly the LoRA tensors of ``adapter`` are trainable (peft has flipped this before: PITFALLS.md)."""
-    wrong = [n for n, p in peft_model.named_parameters() if p.requires_grad != ("lora_" in n and f".{adapter}." in n)]
+    expected = adapter_parameter_names(peft_model, adapter)
+    wrong = [n for n, p in peft_model.named_parameters() if p.requires_grad != (n in expected)]
     if wrong:
         raise RuntimeError(f"trainable set is not exactly the '{adapter}' LoRA weights: {wrong[:5]} …")
 

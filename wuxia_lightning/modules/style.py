@@ -25,7 +25,6 @@ from wuxia_lightning.modeling.loading import (
     Quantization,
     added_infill_token_ids,
     load_base_model,
-    load_tokenizer,
 )
 from wuxia_lightning.modules.common import AdapterModule
 
@@ -130,10 +129,9 @@ class StyleAlignmentModule(AdapterModule):
     def save_outputs(self) -> None:
         if self.hparams.output_dir is None or self.trainer.global_rank != 0:
             return
-        tokenizer = load_tokenizer(self.hparams.model_name_or_path, self.hparams.tokenizer_name_or_path)
         manifest = {"stage": "style", "adapters": [ADAPTER], "base_model": self.hparams.model_name_or_path,
                     "training": dict(self.hparams)}
-        save_adapter_atomically(self.peft_model, ADAPTER, self.hparams.output_dir, tokenizer, manifest)
+        save_adapter_atomically(self.peft_model, ADAPTER, self.hparams.output_dir, self.tokenizer(), manifest)
 
 
 def mode_shares(modes: torch.Tensor) -> dict[str, torch.Tensor]:
