@@ -139,3 +139,12 @@ def test_prompt_files_txt_jsonl_and_chat_data(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"prompt": "ok"}\n{"prompt": 3}\n', encoding="utf-8")
     with pytest.raises(UserInputError, match=r"bad.jsonl:2.*prompt"):
         read_prompts(str(tmp_path / "bad.jsonl"), None)
+
+
+def test_predictions_are_valid_json_even_when_a_score_is_nan(tmp_path):
+    from wuxia_lightning.modules.instruct import write_predictions
+
+    write_predictions(tmp_path, [{"generation": "", "fw_js": float("nan")}], {"fw_js": float("inf")}, False)
+    text = (tmp_path / "predictions.jsonl").read_text(encoding="utf-8")
+    assert "NaN" not in text and json.loads(text)["fw_js"] is None
+    assert json.loads((tmp_path / "summary.json").read_text(encoding="utf-8"))["fw_js"] is None

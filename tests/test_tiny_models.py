@@ -52,3 +52,17 @@ def test_make_tiny_model_never_overwrites(tmp_path, tiny_model_dir):
         make_tiny_model(tmp_path / "exists", texts=["剑光一闪"] * 20)
     assert (tmp_path / "exists" / "keep.txt").read_text() == "x"
     assert resolve_model_path("Qwen/Qwen2.5-7B") == "Qwen/Qwen2.5-7B"  # hub ids pass through untouched
+
+
+def test_char_tokenizer_never_splits_a_character_and_knows_qwen_tokens():
+    from wuxia_lightning.modeling.tiny import QWEN_SPECIAL_TOKENS, train_char_tokenizer
+
+    text = "剑光一闪，那人已然倒地。He said: 好!\n第二行"
+    tokenizer = train_char_tokenizer([text, text], min_count=2)
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert len(ids) == len(text)  # one token per character, newline and spaces included
+    assert tokenizer.decode(ids) == text and "\ufffd" not in tokenizer.decode(ids)
+    assert all(tokenizer.convert_ids_to_tokens(tokenizer.convert_tokens_to_ids(t)) == t for t in QWEN_SPECIAL_TOKENS)
+    assert tokenizer.decode(tokenizer("罕见字")["input_ids"]) == "<|unk|>" * 3  # unseen: unk, never bytes
+    chat = tokenizer.apply_chat_template([{"role": "user", "content": "剑"}], tokenize=False)
+    assert chat.startswith("<|im_start|>user\n剑<|im_end|>")

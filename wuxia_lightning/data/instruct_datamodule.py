@@ -36,6 +36,21 @@ class EncodedDialogues(Dataset):
                 "shortfall_tokens": 0}
 
 
+class CycledWindows(Dataset):
+    """``length`` items drawn from ``windows`` in a fixed shuffled order, wrapping around when the corpus is
+    shorter than the chat data (and using only part of it when longer)."""
+
+    def __init__(self, windows: Dataset, length: int, seed: int = 0) -> None:
+        self.windows, self.length = windows, length
+        self.order = np.random.default_rng(seed).permutation(len(windows))
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict:
+        return self.windows[int(self.order[index % len(self.order)])]
+
+
 class PromptList(Dataset):
     """Prompts for ``predict``: each item is a list of chat messages ending with the user's turn."""
 
@@ -111,13 +126,17 @@ class InstructDataModule(L.LightningDataModule):
         max_length: tokens per example; longer dialogues keep whole turns (counted), never a cut reply.
         preset: system-prompt preset (e.g. `wuxia`, `elegant_style`) for dialogues and prompts without one.
         presets_file: YAML of presets (default: the packaged one).
+        replay_corpus: style corpus (file, folder, glob) whose windows are served beside every chat batch
+            (``batch["replay"]``), for ``InstructModule(replay_beta>0)``: KL on them keeps the style.
+        replay_batch_size / replay_max_length: replay windows per chat batch and their length in tokens.
         model_name_or_path / tokenizer_name_or_path: linked from the model section by the CLI.
     """
 
     def __init__(self, train_files: str | list[str] | None = None, val_files: str | list[str] | None = None,
                  prompts: str | None = None, max_length: int = 1024, batch_size: int = 4, num_workers: int = 0,
                  preset: str | None = None, presets_file: str | None = None,
-                 model_name_or_path: str = "tiny-qwen2", tokenizer_name_or_path: str | None = None) -> None:
+                 replay_corpus: str | list[str] | None = None, replay_batch_size: int = 4,
+                 replay_max_length: int = 256, model_name_or_path: str = "tiny-qwen2", tokenizer_name_or_path: str | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.tokenizer = None
@@ -140,6 +159,23 @@ class InstructDataModule(L.LightningDataModule):
             self.datasets["predict"] = PromptList(read_prompts(self.hparams.prompts, system))
         if stage == "fit" and "train" not in self.datasets:
             raise UserInputError("fit needs --data.train_files")
+        if stage == "fit" and self.hparams.replay_corpus and "replay" not in self.datasets:
+            self.datasets["replay"] = self._replay_windows()
+
+    def _replay_windows(self) -> Dataset:
+        """Plain-LM windows of the style corpus, cycled to one replay batch per chat batch."""
+        from wuxia_lightning.data.style_datamodule import MaskedWindowDataset, StyleDataModule
+
+        hp = self.hparams
+        style = StyleDataModule(corpus=hp.replay_corpus, max_length=hp.replay_max_length, val_fraction=0.01,
+                                span_prob=0.0, function_word_prob=0.0, none_prob=1.0,
+                                model_name_or_path=hp.model_name_or_path,
+                                tokenizer_name_or_path=hp.tokenizer_name_or_path)
+        style.prepare_data()
+        style.setup("fit")
+        chat_batches = -(-len(self.datasets["train"]) // hp.batch_size)
+        return CycledWindows(MaskedWindowDataset(style.streams["train"], masker=None),
+                             chat_batches * hp.replay_batch_size)
 
     def _encode(self, split: str, files: str | list[str], system: str | None) -> Dataset:
         dialogues, reports = load_conversations(files, default_system=system)
@@ -153,8 +189,16 @@ class InstructDataModule(L.LightningDataModule):
             raise UserInputError(f"no {split} example fits max_length={self.hparams.max_length}", path=str(files))
         return EncodedDialogues(examples)
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.datasets["train"], shuffle=True)
+    def train_dataloader(self):
+        chat = self._loader(self.datasets["train"], shuffle=True)
+        if "replay" not in self.datasets:
+            return chat
+        from lightning.pytorch.utilities import CombinedLoader
+
+        replay = DataLoader(self.datasets["replay"], batch_size=self.hparams.replay_batch_size, shuffle=False,
+                            collate_fn=partial(collate_right_padded, pad_id=self.tokenizer.pad_token_id))
+        # Equal lengths by construction (CycledWindows), so "min_size" drops nothing of the chat data.
+        return CombinedLoader({"chat": chat, "replay": replay}, mode="min_size")
 
     def val_dataloader(self) -> DataLoader | list:
         return self._loader(self.datasets["val"], shuffle=False) if "val" in self.datasets else []

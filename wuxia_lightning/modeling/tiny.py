@@ -166,3 +166,35 @@ def _tokenizer_key(tokenizer_path: str | None) -> str:
 
 def _round_up(value: int, multiple: int) -> int:
     return (value + multiple - 1) // multiple * multiple
+
+
+def train_char_tokenizer(texts: Iterable[str], min_count: int = 2,
+                         special_tokens: Sequence[str] = QWEN_SPECIAL_TOKENS):
+    """A character-level tokenizer: one token per character seen ``min_count`` times, ``<|unk|>`` else.
+
+    Byte-level BPE on a small vocabulary splits Chinese characters into byte pieces, and a tiny model then
+    decodes half characters (U+FFFD). One token per character never does; rare characters map to
+    ``<|unk|>`` rather than to bytes. Qwen's special and FIM tokens and the ChatML template are included.
+    """
+    from collections import Counter
+
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from wuxia_lightning.data.chat_encoding import CHATML_TEMPLATE
+
+    counts: Counter[str] = Counter()
+    for text in texts:
+        counts.update(text)
+    unk = "<|unk|>"
+    characters = sorted(c for c, n in counts.items() if n >= min_count)
+    vocab = {token: i for i, token in enumerate([*special_tokens, unk, *characters])}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token=unk))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    backend.decoder = decoders.Fuse()  # characters join without separators
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token=unk,
+        additional_special_tokens=list(special_tokens[1:]), clean_up_tokenization_spaces=False,
+    )
+    tokenizer.chat_template = CHATML_TEMPLATE
+    return tokenizer

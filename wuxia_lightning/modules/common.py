@@ -53,7 +53,7 @@ class AdapterModule(L.LightningModule):
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         elapsed = time.perf_counter() - self._batch_started
-        tokens = batch["attention_mask"].sum().item()
+        tokens = batch.get("chat", batch)["attention_mask"].sum().item()  # stage 2 with replay: chat tokens
         self.log("train/tokens_per_s", tokens / max(elapsed, 1e-9), on_step=True, prog_bar=True)
 
     def on_fit_start(self) -> None:

@@ -9,6 +9,7 @@ the two can be compared.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Literal
 
@@ -61,6 +62,9 @@ class InstructModule(AdapterModule):
             (n-gram overlap, function words, distinct-n) in validation and predict; None skips style scores.
         eval_samples: validation replies generated per epoch (from the val dialogues' prompts) to measure
             the stop rate and style; 0 disables.
+        replay_beta: weight of KL(style+instruct ‖ style only) on style-corpus windows served beside each
+            chat batch (``--data.replay_corpus``). The instruct adapter then learns the chat format while
+            being pulled back wherever it would change how the model writes the novels. 0 disables.
     """
 
     def __init__(self, model_name_or_path: str = "tiny-qwen2", tokenizer_name_or_path: str | None = None,
@@ -72,7 +76,7 @@ class InstructModule(AdapterModule):
                  loss_chunk_size: int = 256, output_dir: str | None = None, overwrite_output: bool = False,
                  max_new_tokens: int = 128, do_sample: bool = False, temperature: float = 0.7,
                  top_p: float = 0.9, eval_style_corpus: str | list[str] | None = None,
-                 eval_samples: int = 8) -> None:
+                 eval_samples: int = 8, replay_beta: float = 0.0) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.peft_model = None
@@ -119,13 +123,29 @@ class InstructModule(AdapterModule):
                 and (Path(folder) / MANIFEST).exists() and self._trainer.ckpt_path is None)
 
     # ---- training -------------------------------------------------------------------------------
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        sums = self.token_losses(batch, chunk_size=self.hparams.loss_chunk_size)
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        chat, replay = (batch["chat"], batch["replay"]) if "chat" in batch else (batch, None)
+        sums = self.token_losses(chat, chunk_size=self.hparams.loss_chunk_size)
         loss = sums.mean_ce()
-        ppl = torch.exp(sums.nll / sums.tokens.clamp_min(1))
-        self.log_dict({"train/loss": loss, "train/ppl": ppl}, on_step=True, prog_bar=True,
-                      batch_size=batch["input_ids"].shape[0])
+        logs = {"train/ce": loss, "train/ppl": torch.exp(sums.nll / sums.tokens.clamp_min(1))}
+        if self.hparams.replay_beta > 0:
+            if replay is None:
+                raise ValueError("--model.replay_beta > 0 needs style windows: set --data.replay_corpus")
+            logs["train/replay_kl"] = self.replay_kl(replay)
+            loss = loss + self.hparams.replay_beta * logs["train/replay_kl"]
+        logs["train/loss"] = loss
+        self.log_dict(logs, on_step=True, prog_bar=True, batch_size=chat["input_ids"].shape[0])
         return loss
+
+    def replay_kl(self, replay: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Mean KL(style+instruct ‖ style only) over style-corpus windows: zero while instruct is zero."""
+        with torch.no_grad():
+            activate(self.peft_model, [STYLE])
+            reference = self.hidden_states(replay)
+        activate(self.peft_model, self.adapters)
+        # set_adapter marks the active adapters trainable: re-assert "only the trained one".
+        restore_trainable(self.peft_model, adapter_parameter_names(self.peft_model, self.adapters[-1]))
+        return self.token_losses(replay, reference, chunk_size=self.hparams.loss_chunk_size).mean_kl()
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         sums = self.token_losses(batch, chunk_size=self.hparams.loss_chunk_size)
@@ -235,6 +255,12 @@ def write_predictions(folder: Path, rows: list[dict], summary: dict, overwrite: 
     temporary = target.with_suffix(".jsonl.tmp")
     with temporary.open("w", encoding="utf-8") as handle:
         for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+            handle.write(json.dumps(finite_or_null(row), ensure_ascii=False, allow_nan=False) + "\n")
     temporary.replace(target)
-    (folder / "summary.json").write_text(json.dumps(summary, ensure_ascii=False, indent=2), encoding="utf-8")
+    (folder / "summary.json").write_text(json.dumps(finite_or_null(summary), ensure_ascii=False, indent=2,
+                                                    allow_nan=False), encoding="utf-8")
+
+
+def finite_or_null(record: dict) -> dict:
+    """NaN/Inf (e.g. function-word JS of a reply with no function words) become null: valid JSON."""
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()}
