@@ -66,3 +66,19 @@ def test_char_tokenizer_never_splits_a_character_and_knows_qwen_tokens():
     assert tokenizer.decode(tokenizer("罕见字")["input_ids"]) == "<|unk|>" * 3  # unseen: unk, never bytes
     chat = tokenizer.apply_chat_template([{"role": "user", "content": "剑"}], tokenize=False)
     assert chat.startswith("<|im_start|>user\n剑<|im_end|>")
+
+
+def test_char_tokenizer_beside_a_qwen2_config_loads_as_saved(tmp_path):
+    """transformers 5 maps a qwen2 folder to Qwen2Tokenizer, which rebuilds a byte-level BPE from the
+    vocabulary and encodes Chinese to nothing with a character vocabulary; our loaders keep the file's."""
+    from wuxia_lightning.modeling.loading import load_saved_tokenizer, load_tokenizer
+    from wuxia_lightning.modeling.tiny import tiny_config, train_char_tokenizer
+
+    text = "剑光一闪，那人已然倒地。"
+    tokenizer = train_char_tokenizer([text], min_count=1)
+    tiny_config("qwen2", tokenizer).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    for loaded in (load_saved_tokenizer(tmp_path), load_tokenizer(str(tmp_path))):
+        ids = loaded(text, add_special_tokens=False)["input_ids"]
+        assert ids == tokenizer(text, add_special_tokens=False)["input_ids"] and len(ids) == len(text)
+        assert loaded.decode(ids) == text

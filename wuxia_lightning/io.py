@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import shutil
 import tempfile
@@ -58,6 +60,26 @@ def staged_directory(target: Path, replace: bool = False) -> Iterator[Path]:
     finally:
         if staging.exists():
             shutil.rmtree(staging)
+
+
+def finite_or_null(value):
+    """``value`` with every NaN/Inf float (at any depth) replaced by None: strict JSON can hold it.
+
+    NaN is what a metric returns when it is undefined (the function-word JS of a reply with no function
+    words); ``null`` says the same thing in a form every JSON parser accepts.
+    """
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_null(v) for v in value]
+    return value
+
+
+def strict_json(value, **kwargs) -> str:
+    """``json.dumps`` of ``value`` with NaN/Inf as null; never writes the non-standard ``NaN`` token."""
+    return json.dumps(finite_or_null(value), ensure_ascii=False, allow_nan=False, **kwargs)
 
 
 def _umask() -> int:

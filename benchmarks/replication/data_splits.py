@@ -33,6 +33,15 @@ def _held_out(key: str, fraction: float) -> bool:
     return int.from_bytes(digest, "big") / 2.0 ** 64 < fraction
 
 
+def _split_by_hash(items: list, keys: list[str], fraction: float) -> tuple[list, list]:
+    """(train, held out) by each item's key hash; with two or more items each side gets at least one."""
+    heldout = [_held_out(k, fraction) for k in keys]
+    if len(items) >= 2 and not any(heldout):
+        heldout[min(range(len(keys)), key=lambda i: hashlib.blake2b(keys[i].encode()).digest())] = True
+    return ([x for x, h in zip(items, heldout, strict=True) if not h],
+            [x for x, h in zip(items, heldout, strict=True) if h])
+
+
 def _write_lines(path: Path, lines: list[str]) -> None:
     text = "\n".join(lines) + "\n"
     atomic_write(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
@@ -54,15 +63,13 @@ def build_splits(args, out: Path, style_val_fraction: float, instruct_limit: int
     if args.general_heldout:
         general_heldout = _general_paragraphs(args.general_heldout)
     else:
-        general_heldout = [p for p in paragraphs if _held_out(p, 0.05)]
-        paragraphs = [p for p in paragraphs if not _held_out(p, 0.05)]
+        paragraphs, general_heldout = _split_by_hash(paragraphs, paragraphs, 0.05)
     train_dialogues, _ = load_conversations(args.instruct_train)
     if args.instruct_heldout:
         heldout_dialogues, _ = load_conversations(args.instruct_heldout)
     else:
         keys = [json.dumps(d, ensure_ascii=False) for d in train_dialogues]
-        heldout_dialogues = [d for d, k in zip(train_dialogues, keys, strict=True) if _held_out(k, 0.03)]
-        train_dialogues = [d for d, k in zip(train_dialogues, keys, strict=True) if not _held_out(k, 0.03)]
+        train_dialogues, heldout_dialogues = _split_by_hash(train_dialogues, keys, 0.03)
     turns = [m["content"].replace("\n", " ") for d in train_dialogues for m in d if m["role"] != "system"]
     general_train = _write_shards(data / "general_train", paragraphs + turns)
     instruct_train = data / "instruct_train.jsonl"

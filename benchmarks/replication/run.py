@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from data_splits import Splits, build_splits  # noqa: E402
 
+from wuxia_lightning.io import atomic_write, strict_json  # noqa: E402
 from wuxia_lightning.modeling.stacking import STYLE  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
@@ -55,7 +56,7 @@ class Budget:
     continuation_tokens: int = 80
     instruct_train: int = 4000
     instruct_heldout: int = 48
-    reply_tokens: int = 96
+    reply_tokens: int = 192
     classifier_chars: int = 400_000
 
 
@@ -79,9 +80,10 @@ class Steps:
         started = time.perf_counter()
         result = compute()
         result["seconds"] = round(time.perf_counter() - started, 1)
-        path.write_text(json.dumps(result, ensure_ascii=False, indent=2), encoding="utf-8")
-        print(f"[replication] {name}: {json.dumps(result, ensure_ascii=False)[:300]}", flush=True)
-        return result
+        text = strict_json(result, indent=2)  # undefined metrics (NaN) are stored as null
+        atomic_write(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
+        print(f"[replication] {name}: {strict_json(result)[:300]}", flush=True)
+        return json.loads(text)  # a fresh run returns exactly what a resumed run reads back
 
 
 def trainer(steps: int, root: Path):
@@ -129,14 +131,13 @@ class Evaluator:
     """Held-out perplexities, KL to the base, sampled continuations and their style scores."""
 
     def __init__(self, splits: Splits, out: Path, budget: Budget) -> None:
-        from transformers import AutoTokenizer
-
         from wuxia_lightning.data.corpus import read_corpus
         from wuxia_lightning.evaluation import StyleScorer
         from wuxia_lightning.metrics.style_classifier import StyleClassifier
+        from wuxia_lightning.modeling.loading import load_saved_tokenizer
 
         self.budget, self.base = budget, str(out / "models" / "base")
-        self.tokenizer = AutoTokenizer.from_pretrained(self.base)
+        self.tokenizer = load_saved_tokenizer(self.base)
         self.style_windows = self._windows(splits.style_heldout_texts)
         self.general_windows = self._windows(splits.general_heldout_texts)
         self.openings = _openings(splits.style_heldout_texts, budget.continuations)
@@ -154,7 +155,10 @@ class Evaluator:
         eos = self.tokenizer.convert_tokens_to_ids("<|endoftext|>")
         ids = [t for text in texts for t in self.tokenizer(text, add_special_tokens=False)["input_ids"] + [eos]]
         length = self.budget.length
-        windows = [torch.tensor(ids[s:s + length]) for s in range(0, len(ids) - length, length)]
+        if len(ids) < 2:
+            raise ValueError("held-out text is empty: give --style-heldout / --general-heldout with some text")
+        # At least one window, even when the held-out text is shorter than one (smoke runs, tiny data).
+        windows = [torch.tensor(ids[s:s + length]) for s in range(0, max(1, len(ids) - length + 1), length)]
         step = max(1, len(windows) // self.budget.eval_windows)  # spread over the whole held-out text
         return windows[::step][: self.budget.eval_windows]
 
@@ -396,7 +400,7 @@ def main(argv: list[str] | None = None) -> dict:
     results["chosen_variant"] = choose_variant(results["stage2"], stage1_p)
     results["wall_s"] = round(time.perf_counter() - started, 1)
     results["wall_s_all_steps"] = round(sum(_seconds(v) for v in results.values()), 1)
-    (out / "results.json").write_text(json.dumps(results, ensure_ascii=False, indent=2), encoding="utf-8")
+    (out / "results.json").write_text(strict_json(results, indent=2), encoding="utf-8")
     from render import render
 
     render(results, out)

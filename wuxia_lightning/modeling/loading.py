@@ -45,10 +45,32 @@ def added_infill_token_ids(model_name_or_path: str, tokenizer_name_or_path: str 
 
 
 def _raw_tokenizer(model_name_or_path: str, tokenizer_name_or_path: str | None):
-    from transformers import AutoTokenizer
-
     source = tokenizer_name_or_path or resolve_model_path(model_name_or_path, tokenizer_name_or_path)
-    return AutoTokenizer.from_pretrained(source)
+    return load_saved_tokenizer(source)
+
+
+def load_saved_tokenizer(source: str | os.PathLike):
+    """``AutoTokenizer.from_pretrained``, but a local ``tokenizer.json`` is used as saved.
+
+    transformers 5 maps a folder whose config says ``qwen2`` to ``Qwen2Tokenizer``, which rebuilds a
+    byte-level BPE pipeline from the vocabulary and ignores the file's own model, pre-tokenizer and
+    decoder. A character-level (WordLevel) tokenizer then encodes Chinese text to nothing at all. When
+    the rebuilt pipeline differs from the file, the file wins.
+    """
+    import json
+    from pathlib import Path
+
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    tokenizer = AutoTokenizer.from_pretrained(str(source))
+    saved = Path(source) / "tokenizer.json"
+    if not saved.is_file() or not hasattr(tokenizer, "backend_tokenizer"):
+        return tokenizer
+    on_disk, loaded = json.loads(saved.read_text(encoding="utf-8")), json.loads(tokenizer.backend_tokenizer.to_str())
+    if all(on_disk.get(key) == loaded.get(key) for key in ("pre_tokenizer", "decoder")) and \
+            on_disk["model"]["type"] == loaded["model"]["type"]:
+        return tokenizer
+    return PreTrainedTokenizerFast.from_pretrained(str(source))
 
 
 def load_base_model(model_name_or_path: str, *, tokenizer_name_or_path: str | None = None,

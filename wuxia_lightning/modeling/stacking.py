@@ -15,7 +15,7 @@ import torch
 
 from wuxia_lightning.errors import UserInputError
 from wuxia_lightning.io import staged_directory
-from wuxia_lightning.modeling.loading import Precision, Quantization, load_base_model
+from wuxia_lightning.modeling.loading import Precision, Quantization, load_base_model, load_saved_tokenizer
 
 STYLE, INSTRUCT = "style", "instruct"
 MANIFEST = "wuxia_manifest.json"
@@ -90,8 +90,6 @@ def load_stacked(folder: str | Path, *, model_name_or_path: str | None = None, d
     Returns (peft_model, tokenizer). ``model_name_or_path`` overrides the base named in the manifest
     (e.g. a local copy of the hub model).
     """
-    from transformers import AutoTokenizer
-
     folder = Path(folder)
     manifest = read_manifest(folder)
     base = load_base_model(model_name_or_path or manifest["base_model"],
@@ -107,4 +105,4 @@ def load_stacked(folder: str | Path, *, model_name_or_path: str | None = None, d
         activate(model, adapters)
     model.requires_grad_(False)
     model.eval()
-    return model, AutoTokenizer.from_pretrained(str(folder))
+    return model, load_saved_tokenizer(folder)

@@ -8,8 +8,6 @@ the two can be compared.
 
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
 from typing import Literal
 
@@ -18,6 +16,7 @@ import torch
 from wuxia_lightning.data.chat_encoding import ensure_chat_template
 from wuxia_lightning.evaluation import StyleScorer
 from wuxia_lightning.generation import GenerationSettings, generate_replies
+from wuxia_lightning.io import atomic_write, strict_json
 from wuxia_lightning.metrics.perplexity import TokenPerplexity
 from wuxia_lightning.metrics.stopping import StopRate
 from wuxia_lightning.modeling.adapters import (
@@ -251,16 +250,7 @@ def write_predictions(folder: Path, rows: list[dict], summary: dict, overwrite: 
     if target.exists() and not overwrite:
         raise UserInputError("predictions file exists; pass --model.overwrite_output true to replace it",
                              path=str(target))
-    folder.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_suffix(".jsonl.tmp")
-    with temporary.open("w", encoding="utf-8") as handle:
-        for row in rows:
-            handle.write(json.dumps(finite_or_null(row), ensure_ascii=False, allow_nan=False) + "\n")
-    temporary.replace(target)
-    (folder / "summary.json").write_text(json.dumps(finite_or_null(summary), ensure_ascii=False, indent=2,
-                                                    allow_nan=False), encoding="utf-8")
-
-
-def finite_or_null(record: dict) -> dict:
-    """NaN/Inf (e.g. function-word JS of a reply with no function words) become null: valid JSON."""
-    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()}
+    lines = "".join(strict_json(row) + "\n" for row in rows)
+    atomic_write(target, lambda temporary: temporary.write_text(lines, encoding="utf-8"))
+    atomic_write(folder / "summary.json",
+                 lambda temporary: temporary.write_text(strict_json(summary, indent=2), encoding="utf-8"))

@@ -53,9 +53,9 @@ class CausalLMPretrainModule(L.LightningModule):
     def on_fit_end(self) -> None:
         if self.trainer.global_rank != 0:
             return
-        from transformers import AutoTokenizer
+        from wuxia_lightning.modeling.loading import load_saved_tokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(self.hparams.model_dir)
+        tokenizer = load_saved_tokenizer(self.hparams.model_dir)
         with staged_directory(Path(self.hparams.output_dir), replace=True) as staging:
             self.model.save_pretrained(staging)
             tokenizer.save_pretrained(staging)
