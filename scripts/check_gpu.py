@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from wuxia_lightning.console import add_verbose_argument, quiet_third_party
+
 GIB = 1024 ** 3
 # nf4 keeps 16 levels per block of 64 weights: the output of a random layer is off by ~10% (relative L2).
 # Far beyond that the kernel is broken, not merely lossy.
@@ -33,11 +35,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--size", type=int, default=None,
                         help="matrix size of the benchmark (default: 4096 on a GPU, 1024 on a CPU)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_verbose_argument(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    quiet_third_party(args.verbose)  # before bitsandbytes is imported: it logs on import
     if args.size is not None and args.size < 1:
         print(f"error: --size must be a positive integer, got {args.size}", file=sys.stderr)
         return 2

@@ -9,6 +9,8 @@
 --model is a stacked stage-2 folder (style + instruct adapters) or a stage-1 style adapter folder; both
 hold a wuxia_manifest.json naming the base model (--base overrides it, e.g. a local copy of the hub
 model). Both adapters are active, prompts use the chat template, and a reply stops at <|im_end|>.
+The system prompt is the preset the folder was trained with when its manifest records it, otherwise
+elegant_style; --preset overrides it. The banner (on stderr) says which one is used.
 
 A stage-1 folder is a continuation model, not a chat model: what you type is continued as raw text
 (no chat template, no system prompt, no history).
@@ -23,6 +25,7 @@ import sys
 from collections.abc import Iterator
 from typing import TextIO
 
+from wuxia_lightning.console import add_verbose_argument, quiet_third_party
 from wuxia_lightning.errors import UserInputError, report_user_error
 
 DEFAULT_PRESET = "elegant_style"
@@ -35,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="stacked stage-2 folder or stage-1 adapter folder (wuxia_manifest.json)")
     parser.add_argument("--base", default=None, help="base model to load instead of the manifest's one")
-    parser.add_argument("--preset", default=DEFAULT_PRESET, help="system-prompt preset (default: %(default)s)")
+    parser.add_argument("--preset", default=None,
+                        help=f"system-prompt preset (default: the training preset, else {DEFAULT_PRESET})")
     parser.add_argument("--presets-file", default=None, help="YAML file with more presets")
     parser.add_argument("--list-presets", action="store_true", help="print the presets and exit")
     parser.add_argument("--prompt", default=None, help="reply to this one prompt and exit (no chat loop)")
@@ -48,11 +52,19 @@ def build_parser() -> argparse.ArgumentParser:
                         help="load the base model in 4-bit nf4 (bitsandbytes)")
     parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
                         help="auto: bfloat16 on a GPU that supports it, float32 otherwise")
+    parser.add_argument("--style-scale", type=float, default=1.0,
+                        help="style strength: multiply the style adapter's delta (1 = as trained; >1 stronger)")
+    parser.add_argument("--instruct-scale", type=float, default=1.0,
+                        help="multiply the instruct adapter's delta (1 = as trained)")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="run code shipped with the base model (off unless asked)")
+    add_verbose_argument(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    quiet_third_party(args.verbose)
     try:
         if args.list_presets:
             return list_presets(args.presets_file)
@@ -78,10 +90,11 @@ def run(args: argparse.Namespace) -> int:
     settings = generation_settings(args)
     manifest = read_manifest(args.model)
     continuation = is_stage1(manifest)
+    preset, presets_file, source = choose_preset(args, manifest)
     # Resolve the preset before the (slow) model load so a typo fails at once.
-    system = None if continuation else resolve_system_prompt(args.preset, args.presets_file)
+    system = None if continuation else resolve_system_prompt(preset, presets_file)
     model, tokenizer = load(args, manifest)
-    print(banner(args, manifest, continuation), file=sys.stderr)
+    print(banner(args, manifest, continuation, f"{preset or 'none'} ({source})"), file=sys.stderr)
     if args.prompt is not None:
         return one_shot(model, tokenizer, args.prompt, system, settings, continuation)
     if continuation:
@@ -123,7 +136,9 @@ def load(args: argparse.Namespace, manifest: dict):
     base = args.base or manifest.get("base_model")
     try:
         model, tokenizer = load_stacked(args.model, model_name_or_path=args.base, dtype=dtype,
-                                        quantization=args.quantization)
+                                        quantization=args.quantization, style_scale=args.style_scale,
+                                        instruct_scale=args.instruct_scale,
+                                        trust_remote_code=args.trust_remote_code)
     except OSError as error:  # a missing / unreachable base model is the user's to fix
         raise UserInputError(f"cannot load the base model {base!r}: {first_line(error)}; pass --base with a "
                              f"local copy of it", path=args.model) from error
@@ -137,13 +152,34 @@ def first_line(error: Exception) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-def banner(args: argparse.Namespace, manifest: dict, continuation: bool) -> str:
+def choose_preset(args: argparse.Namespace, manifest: dict) -> tuple[str | None, str | None, str]:
+    """(preset, presets file, where it came from): --preset, else the one recorded at training, else the default.
+
+    The training preset is a data-module setting: it is read from the manifest's ``data`` section (or
+    ``training``, should the module record it) when present. An explicit null there means training used
+    no system prompt, and so does inference.
+    """
+    if args.preset is not None:
+        return args.preset, args.presets_file, "--preset"
+    for section in ("data", "training"):
+        recorded = manifest.get(section) or {}
+        if "preset" in recorded:
+            return (recorded["preset"], args.presets_file or recorded.get("presets_file"),
+                    "as in training, from wuxia_manifest.json")
+    return DEFAULT_PRESET, args.presets_file, "default: the manifest does not record the training preset"
+
+
+def banner(args: argparse.Namespace, manifest: dict, continuation: bool, preset: str) -> str:
+    """Which model and system prompt; the chat commands only when there is a chat loop (no --prompt)."""
     adapters = " + ".join(manifest.get("adapters", []))
     head = f"model: {args.model} (adapters: {adapters}; base: {args.base or manifest.get('base_model')})"
+    interactive = args.prompt is None
     if continuation:
         return (f"{head}\nstage-1 style model: a continuation model, not a chat model. Your text is "
-                "continued as raw text (no chat template, no system prompt, no history). /exit quits.")
-    return f"{head}\npreset: {args.preset}. /reset clears the history, /exit or Ctrl-D quits."
+                "continued as raw text (no chat template, no system prompt, no history)."
+                + (" /exit quits." if interactive else ""))
+    return f"{head}\npreset: {preset}" + (". /reset clears the history, /exit or Ctrl-D quits."
+                                          if interactive else "")
 
 
 def one_shot(model, tokenizer, prompt: str, system: str | None, settings, continuation: bool) -> int:

@@ -12,6 +12,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from wuxia_lightning.console import add_verbose_argument, quiet_third_party
 from wuxia_lightning.errors import report_user_error
 
 
@@ -22,7 +23,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="report folder; default LOG_DIR/report")
     parser.add_argument("--predictions", default=None,
                         help="predict output folder (predictions.jsonl, summary.json)")
+    add_verbose_argument(parser)
     args = parser.parse_args(argv)
+    quiet_third_party(args.verbose)
     from wuxia_lightning.report import build_report  # after parsing: --help should not wait for matplotlib
 
     try:

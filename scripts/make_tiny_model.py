@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 
+from wuxia_lightning.console import add_verbose_argument, quiet_third_party
 from wuxia_lightning.modeling.tiny import ARCHITECTURES, make_tiny_model
 
 
@@ -18,7 +19,9 @@ def main() -> None:
     parser.add_argument("--arch", choices=ARCHITECTURES, default="qwen2")
     parser.add_argument("--tokenizer", default=None, help="tokenizer folder; default: train one on data/sample")
     parser.add_argument("--seed", type=int, default=0)
+    add_verbose_argument(parser)
     args = parser.parse_args()
+    quiet_third_party(args.verbose)
     print(make_tiny_model(args.out, args.arch, args.tokenizer, seed=args.seed))
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -29,6 +31,36 @@ def _isolated_cache(tmp_path_factory):
     """Tiny models and token caches go to a per-session folder, never the user's ~/.cache."""
     os.environ.setdefault("WUXIA_CACHE", str(tmp_path_factory.mktemp("wuxia_cache")))
     os.environ["HF_HUB_OFFLINE"] = "1"
+
+
+# Written by merely importing and running Python: not something a test chose to write.
+BYTECODE = ("__pycache__/", ".pytest_cache/", ".ruff_cache/")
+
+
+def checkout_status() -> set[str] | None:
+    """``git status --porcelain`` of the checkout, ignored files included (run outputs such as
+    lightning_logs/ and outputs/ are git-ignored), one entry per file; None without git."""
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        return None
+    result = subprocess.run(["git", "status", "--porcelain", "--ignored", "--untracked-files=all", "--",
+                             ".", ":!.venv"], cwd=REPO, capture_output=True, text=True)
+    if result.returncode != 0:
+        return None
+    return {line for line in result.stdout.splitlines() if not any(part in line for part in BYTECODE)}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _checkout_untouched():
+    """Tests write only under tmp_path: the checkout's status is the same after the session as before.
+
+    (Edits made to the checkout by someone else during the session show up here too.)"""
+    before = checkout_status()
+    yield
+    after = checkout_status()
+    if before is None or after is None:
+        return
+    added, removed = sorted(after - before), sorted(before - after)
+    assert not added and not removed, f"the test session changed the checkout: new {added}, gone {removed}"
 
 
 @pytest.fixture(scope="session")

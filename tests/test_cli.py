@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -45,16 +46,26 @@ def test_every_config_parses(config):
 
 
 def stage1_args(tmp_path: Path, *extra: str) -> list[str]:
+    """The quickstart config with every output under tmp_path. The config has two loggers: a
+    ``--trainer.logger.init_args.save_dir`` alone would move only the last one, so the whole list is
+    replaced by one CSVLogger (``extra`` may replace it again)."""
     return ["fit", "--config", "configs/quickstart_style.yaml",
             f"--trainer.default_root_dir={tmp_path}",
+            "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
             f"--trainer.logger.init_args.save_dir={tmp_path / 'logs'}",
             f"--model.output_dir={tmp_path / 'style'}", *extra]
 
 
+PROGRESS_LINE = re.compile(r"^step \d+/\d+ \(epoch \d+\) \| loss [\d.e+-]+ \| [\d,]+ tokens/s \| elapsed \S+ \| ETA \S+$",
+                           re.MULTILINE)
+
+
 def test_quickstart_stage1_fits_and_writes_a_loadable_adapter(tmp_path):
-    run_cli(*stage1_args(tmp_path, "--trainer.max_epochs=4", "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
-                         f"--trainer.logger.init_args.save_dir={tmp_path / 'logs'}"))
+    fitted = run_cli(*stage1_args(tmp_path, "--trainer.max_epochs=4", "--progress.every_n_steps=5"))
     rows = read_metrics(tmp_path / "logs")
+    # stdout is a pipe here, as in a job log: plain progress lines, then where the adapter went
+    assert len(PROGRESS_LINE.findall(fitted.stdout)) >= 3, fitted.stdout
+    assert f"trained model written to {tmp_path / 'style'}" in fitted.stdout
     kl, loss = series(rows, "train/kl"), series(rows, "train/loss")
     assert len(loss) >= 12
     assert all(value > 0 for value in kl[2:])
@@ -73,9 +84,16 @@ def test_quickstart_stage1_fits_and_writes_a_loadable_adapter(tmp_path):
     validated = read_metrics(tmp_path / "eval")
     assert abs(series(validated, "val_style/ppl")[-1] - series(rows, "val_style/ppl")[-1]) < 1e-3
 
+    # without --trainer.logger, validate writes nothing: no log version, no config.yaml, no checkpoint dir
+    root = tmp_path / "validate_root"
+    result = run_cli("validate", "--config", "configs/quickstart_style.yaml", f"--ckpt_path={checkpoint}",
+                     f"--trainer.default_root_dir={root}", "--trainer.limit_val_batches=1")
+    assert "val_style/ppl" in result.stdout and not root.exists()
+    assert "Checkpoint directory" not in result.stderr and "not logged" in result.stderr
+
     # resume: training continues from the adapter-only checkpoint (optimizer state included)
     run_cli(*stage1_args(tmp_path, "--trainer.max_epochs=5", f"--ckpt_path={checkpoint}",
-                         "--model.overwrite_output=false", "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
+                         "--model.overwrite_output=false",
                          f"--trainer.logger.init_args.save_dir={tmp_path / 'resumed'}"))
     resumed = read_metrics(tmp_path / "resumed")
     assert min(int(r["step"]) for r in resumed if r.get("train/loss")) >= len(loss)
@@ -121,8 +139,7 @@ def test_stage1_on_a_shared_novel_with_the_real_qwen_tokenizer(tmp_path):
     require_shared(QWEN_TOKENIZER)
     run_cli(*stage1_args(tmp_path, f"--data.corpus={novel}", f"--model.tokenizer_name_or_path={QWEN_TOKENIZER}",
                          "--trainer.max_steps=6", "--trainer.limit_val_batches=2", "--data.batch_size=2",
-                         "--model.loss_chunk_size=256", "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
-                         f"--trainer.logger.init_args.save_dir={tmp_path / 'logs'}"))
+                         "--model.loss_chunk_size=256"))
     rows = read_metrics(tmp_path / "logs")
     assert any(value > 0 for value in series(rows, "train/kl"))
     config = (tmp_path / "style" / "adapter_config.json").read_text()
@@ -139,7 +156,9 @@ def test_stage2_after_stage1_replies_stop_and_never_start_a_new_turn(tmp_path):
     common = ["--config", "configs/quickstart_instruct.yaml", f"--model.style_adapter={tmp_path / 'style'}",
               f"--model.output_dir={stacked}", "--trainer.logger=false", f"--trainer.default_root_dir={tmp_path}"]
     run_cli("fit", *common)
-    run_cli("predict", *common, "--data.prompts=data/sample/instruct/train.jsonl")
+    predicted = run_cli("predict", *common, "--data.prompts=data/sample/instruct/train.jsonl")
+    assert f"wrote {stacked / 'predictions.jsonl'}" in predicted.stdout  # says where the replies are
+    assert f"wrote {stacked / 'summary.json'}" in predicted.stdout
     rows = [json.loads(line) for line in (stacked / "predictions.jsonl").read_text().splitlines()]
     assert len(rows) == 24 and all(row["prompt"] and "generation" in row for row in rows)
     stop_rate = sum(row["stopped"] for row in rows) / len(rows)
@@ -153,9 +172,18 @@ def test_stage2_after_stage1_replies_stop_and_never_start_a_new_turn(tmp_path):
 
 def test_stage1_ddp_on_two_cpu_processes(tmp_path):
     """The real distributed path: Lightning DDP, gloo, 2 ranks, each with its own shard of windows."""
-    run_cli(*stage1_args(tmp_path, "--trainer.devices=2", "--trainer.strategy=ddp", "--trainer.max_epochs=2",
-                         "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
-                         f"--trainer.logger.init_args.save_dir={tmp_path / 'logs'}"))
+    run_cli(*stage1_args(tmp_path, "--trainer.devices=2", "--trainer.strategy=ddp", "--trainer.max_epochs=2"))
     rows = read_metrics(tmp_path / "logs")
     assert series(rows, "train/loss") and series(rows, "val_style/ppl")
     assert (tmp_path / "style" / "adapter_model.safetensors").exists()
+
+
+def test_evaluating_logs_only_when_the_command_line_asks():
+    from wuxia_lightning.cli import without_config_loggers
+
+    for subcommand in ("validate", "test", "predict"):
+        assert without_config_loggers([subcommand, "--config", "c.yaml"]) == [
+            subcommand, "--config", "c.yaml", "--trainer.logger=false"]
+    assert without_config_loggers(["fit", "--config", "c.yaml"]) == ["fit", "--config", "c.yaml"]
+    asked = ["validate", "--config", "c.yaml", "--trainer.logger=lightning.pytorch.loggers.CSVLogger"]
+    assert without_config_loggers(asked) == asked

@@ -148,3 +148,65 @@ def test_predictions_are_valid_json_even_when_a_score_is_nan(tmp_path):
     text = (tmp_path / "predictions.jsonl").read_text(encoding="utf-8")
     assert "NaN" not in text and json.loads(text)["fw_js"] is None
     assert json.loads((tmp_path / "summary.json").read_text(encoding="utf-8"))["fw_js"] is None
+
+
+def test_adapter_scales_multiply_each_delta_exactly(tmp_path):
+    """style × s changes the output as base + s·Δstyle + Δinstruct: checked on one LoRA layer's output."""
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from wuxia_lightning.modeling.adapters import lora_config
+    from wuxia_lightning.modeling.stacking import INSTRUCT, STYLE, activate, set_adapter_scales
+    from wuxia_lightning.modeling.tiny import tiny_config, train_char_tokenizer
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_config(tiny_config("qwen2", train_char_tokenizer(["剑光一闪"], min_count=1)))
+    model = get_peft_model(base, lora_config(4, 8, 0.0), adapter_name=STYLE)
+    model.add_adapter(INSTRUCT, lora_config(4, 16, 0.0))
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.1)  # peft starts B at zero: give both adapters a real delta
+    activate(model, [STYLE, INSTRUCT])
+    layer = model.base_model.model.model.layers[0].self_attn.q_proj
+    x = torch.randn(3, layer.in_features)
+
+    def delta(adapter: str) -> torch.Tensor:
+        return layer.lora_B[adapter](layer.lora_A[adapter](x)) * layer.scaling[adapter]
+
+    with torch.no_grad():
+        plain, d_style, d_instruct = layer.base_layer(x), delta(STYLE), delta(INSTRUCT)
+        set_adapter_scales(model, {STYLE: 1.5, INSTRUCT: 0.5})
+        set_adapter_scales(model, {STYLE: 1.5, INSTRUCT: 0.5})  # idempotent: never compounds
+        torch.testing.assert_close(layer(x), plain + 1.5 * d_style + 0.5 * d_instruct)
+        set_adapter_scales(model, {STYLE: 1.0, INSTRUCT: 1.0})
+        torch.testing.assert_close(layer(x), plain + d_style + d_instruct)
+
+
+def test_composed_mode_trains_instruct_without_style_and_serves_both(tiny_model_dir, style_adapter, tmp_path):
+    """composed: the training forward is the bare base + instruct (style off), so at init (instruct B = 0)
+    it equals the bare base exactly; the saved folder serves style + instruct together."""
+    module = build(tiny_model_dir, style_adapter, output_dir=tmp_path / "composed", adapter_mode="composed")
+    assert module.peft_model.base_model.active_adapters == ["instruct"]
+    ids = torch.randint(10, 300, (2, 16))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    bare = load_base_model(str(tiny_model_dir)).eval()
+    with torch.no_grad():
+        expected = bare.get_decoder()(**batch).last_hidden_state
+        torch.testing.assert_close(module.hidden_states(batch), expected, rtol=0, atol=0)
+    loaded_style = {n: p.detach().clone() for n, p in module.peft_model.named_parameters() if ".style." in n}
+    fit(module, tiny_model_dir)
+    params = dict(module.peft_model.named_parameters())
+    assert all(torch.equal(params[n], before) for n, before in loaded_style.items())
+
+    restored, _ = load_stacked(tmp_path / "composed")
+    assert restored.base_model.active_adapters == ["style", "instruct"]
+    module.peft_model.base_model.set_adapter(["style", "instruct"])
+    module.peft_model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(restored(input_ids=ids).logits, module.peft_model(input_ids=ids).logits,
+                                   rtol=0, atol=1e-6)
+
+
+def test_composed_mode_refuses_replay():
+    with pytest.raises(ValueError, match="replay_beta"):
+        InstructModule(style_adapter="x", adapter_mode="composed", replay_beta=1.0).configure_model()

@@ -428,7 +428,7 @@ def test_metrics_under_ddp_equal_single_process(tmp_path: Path) -> None:
 
     mp.spawn(_ddp_worker, args=(2, _free_port(), index, reference, str(tmp_path)), nprocs=2, join=True)
     for rank in range(2):
-        got = torch.load(tmp_path / f"rank{rank}.pt")
+        got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
         assert got.keys() == expected.keys()
         for name, values in expected.items():
             assert got[name].keys() == values.keys(), name

@@ -35,7 +35,7 @@ def test_smoke_run_writes_every_table_plot_and_key(tmp_path):
                             "style_ppl"}
     assert saved["chosen_variant"] in run.STAGE2_VARIANTS and saved["wall_s"] > 0
     readme = (out / "README.md").read_text(encoding="utf-8")
-    for heading in ("## Findings", "## Stage 1: β sweep", "## Masking ablation", "## Stage 2, four ways"):
+    for heading in ("## Findings", "## Stage 1: β sweep", "## Masking ablation", "## Stage 2 variants"):
         assert heading in readme
     for plot in PLOTS:
         assert (out / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"({plot})" in readme

@@ -94,7 +94,8 @@ class StyleEvaluation:
             for name, value in result["scores"].items():
                 module.log(f"{prefix}/{name}", value, on_epoch=True, rank_zero_only=True)
         log_dir = trainer.log_dir  # a collective under DDP: every rank must ask, not only rank 0
-        if trainer.is_global_zero and log_dir:
+        # Without a logger log_dir falls back to default_root_dir: the file would land where nobody asked.
+        if trainer.is_global_zero and log_dir and trainer.loggers:
             self._write(Path(log_dir) / "style_eval.json", prompts, styled)
         return styled
 

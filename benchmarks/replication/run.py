@@ -49,7 +49,7 @@ class Budget:
     length: int = 256
     stage1_steps: int = 150
     stage1_batch: int = 8
-    stage2_steps: int = 150
+    stage2_steps: int = 600
     stage2_batch: int = 8
     eval_windows: int = 96
     continuations: int = 32
@@ -259,11 +259,16 @@ def evaluate_adapter(evaluator: Evaluator, folder: str) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- stage 2
+# Trained variants first; "reuse" variants serve an earlier variant's instruct adapter in another way
+# (no training): with the stage-1 style swapped in, and/or with a style scale at generation.
 STAGE2_VARIANTS = {
     "stacked": {"adapter_mode": "stacked"},
     "continue_style": {"adapter_mode": "continue_style"},
     "bare_instruct": {"adapter_mode": "stacked", "style": "zero"},
     "stacked_replay": {"adapter_mode": "stacked", "replay_beta": 1.0},
+    "composed": {"reuse": "bare_instruct", "compose_style": True},
+    "composed_style1.5": {"reuse": "bare_instruct", "compose_style": True, "style_scale": 1.5},
+    "stacked_replay_style1.5": {"reuse": "stacked_replay", "style_scale": 1.5},
 }
 
 
@@ -291,14 +296,44 @@ def train_instruct(splits: Splits, out: Path, budget: Budget, name: str, style_d
     return str(folder)
 
 
-def evaluate_instruct(evaluator: Evaluator, splits: Splits, folder: str) -> dict:
+def stage2_folder(splits: Splits, out: Path, budget: Budget, name: str, style_dir: str, zero_dir: str) -> str:
+    """The stacked folder a variant is served from (training it first unless it reuses another's)."""
+    spec = STAGE2_VARIANTS[name]
+    if "reuse" not in spec:
+        return train_instruct(splits, out, budget, name, zero_dir if spec.get("style") else style_dir, spec)
+    trained = stage2_folder(splits, out, budget, spec["reuse"], style_dir, zero_dir)
+    return compose(out, trained, style_dir) if spec.get("compose_style") else trained
+
+
+def compose(out: Path, stacked_dir: str, style_dir: str) -> str:
+    """A copy of ``stacked_dir`` whose ``style`` adapter is replaced by the stage-1 one: an instruct adapter
+    trained without the style, served with it (the two LoRA deltas simply add)."""
+    import shutil
+
+    from wuxia_lightning.io import staged_directory
+
+    folder = out / "models" / f"{Path(stacked_dir).name}_composed"
+    if not folder.exists():
+        with staged_directory(folder) as staging:
+            shutil.copytree(stacked_dir, staging, dirs_exist_ok=True)
+            shutil.rmtree(staging / STYLE)
+            shutil.copytree(style_dir, staging / STYLE, ignore=shutil.ignore_patterns("tokenizer*", "*.jinja",
+                                                                                      "wuxia_manifest.json"))
+            manifest = json.loads((staging / "wuxia_manifest.json").read_text(encoding="utf-8"))
+            manifest["adapter_origin"][STYLE] = str(Path(style_dir).resolve())
+            manifest["composed"] = "instruct trained on the bare base; stage-1 style added at generation"
+            (staging / "wuxia_manifest.json").write_text(strict_json(manifest, indent=2), encoding="utf-8")
+    return str(folder)
+
+
+def evaluate_instruct(evaluator: Evaluator, splits: Splits, folder: str, style_scale: float = 1.0) -> dict:
     from wuxia_lightning.data.chat_formats import load_conversations
     from wuxia_lightning.data.presets import resolve_system_prompt
     from wuxia_lightning.generation import GenerationSettings, generate_replies
     from wuxia_lightning.metrics.rouge import CharRougeL
     from wuxia_lightning.modeling.stacking import load_stacked
 
-    model, tokenizer = load_stacked(folder)
+    model, tokenizer = load_stacked(folder, style_scale=style_scale)
     dialogues, _ = load_conversations(splits.instruct_heldout, default_system=resolve_system_prompt("wuxia"))
     prompts, references = [d[:-1] for d in dialogues], [d[-1]["content"] for d in dialogues]
     replies = generate_replies(model, tokenizer, prompts, GenerationSettings(evaluator.budget.reply_tokens))
@@ -378,7 +413,7 @@ def main(argv: list[str] | None = None) -> dict:
     steps = Steps(out)
     splits = build_splits(args, out, 0.05, budget.instruct_train, budget.instruct_heldout)
     results: dict = {"command": " ".join(["python benchmarks/replication/run.py", *(argv or sys.argv[1:])]),
-                     "budget": asdict(budget), "machine": _machine()}
+                     "smoke": args.smoke, "budget": asdict(budget), "machine": _machine()}
     results["base_model"] = steps.run("base_model", lambda: build_base(splits, out, budget))
     evaluator = Evaluator(splits, out, budget)
     results["classifier"] = steps.run("classifier", evaluator.classifier_accuracy)
@@ -393,7 +428,7 @@ def main(argv: list[str] | None = None) -> dict:
     style_dir = str(out / "models" / f"style_beta{chosen}")
     zero_dir = zero_style_adapter(out, budget, splits)
     results["stage2"] = [{"variant": name, **steps.run(f"stage2_{name}", lambda n=name, s=spec: evaluate_instruct(
-        evaluator, splits, train_instruct(splits, out, budget, n, zero_dir if s.get("style") else style_dir, s)))}
+        evaluator, splits, stage2_folder(splits, out, budget, n, style_dir, zero_dir), s.get("style_scale", 1.0)))}
         for name, spec in STAGE2_VARIANTS.items()]
     results["function_word_rates"] = function_word_rates(evaluator, results)
     stage1_p = next(r for r in results["stage1"] if r["beta"] == chosen)["p_style"]

@@ -9,11 +9,17 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from wuxia_lightning.data.chat_encoding import EncodedDialogue, encode_dialogues, ensure_chat_template
 from wuxia_lightning.data.chat_formats import format_reports, load_conversations
 from wuxia_lightning.data.presets import resolve_system_prompt
+from wuxia_lightning.data.resumable import (
+    EpochIndexSampler,
+    ResumableDataLoader,
+    ResumableSampler,
+    TrainLoaderPositions,
+)
 from wuxia_lightning.data.style_datamodule import collate_right_padded
 from wuxia_lightning.errors import UserInputError
 from wuxia_lightning.modeling.loading import load_tokenizer
@@ -22,18 +28,21 @@ log = logging.getLogger(__name__)
 
 
 class EncodedDialogues(Dataset):
+    """Indexed by ``index`` or by (epoch, index) from :class:`EpochIndexSampler`; each sample names both."""
+
     def __init__(self, examples: Sequence[EncodedDialogue]) -> None:
         self.examples = examples
 
     def __len__(self) -> int:
         return len(self.examples)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        epoch, index = key if isinstance(key, tuple) else (0, key)
         example = self.examples[index]
         ids = np.asarray(example.input_ids, dtype=np.int64)
         return {"input_ids": ids, "labels": np.asarray(example.labels, dtype=np.int64),
                 "loss_weights": np.ones(len(ids), dtype=np.float32), "mode": 0, "masked_tokens": 0,
-                "shortfall_tokens": 0}
+                "shortfall_tokens": 0, "epoch": epoch, "index": index}
 
 
 class CycledWindows(Dataset):
@@ -130,15 +139,18 @@ class InstructDataModule(L.LightningDataModule):
             (``batch["replay"]``), for ``InstructModule(replay_beta>0)``: KL on them keeps the style.
         replay_batch_size / replay_max_length: replay windows per chat batch and their length in tokens.
         model_name_or_path / tokenizer_name_or_path: linked from the model section by the CLI.
+        seed: the chat data's shuffle order (a fresh order each epoch, the same in every run).
     """
 
     def __init__(self, train_files: str | list[str] | None = None, val_files: str | list[str] | None = None,
                  prompts: str | None = None, max_length: int = 1024, batch_size: int = 4, num_workers: int = 0,
                  preset: str | None = None, presets_file: str | None = None,
                  replay_corpus: str | list[str] | None = None, replay_batch_size: int = 4,
-                 replay_max_length: int = 256, model_name_or_path: str = "tiny-qwen2", tokenizer_name_or_path: str | None = None) -> None:
+                 replay_max_length: int = 256, model_name_or_path: str = "tiny-qwen2", tokenizer_name_or_path: str | None = None,
+                 seed: int = 0) -> None:
         super().__init__()
         self.save_hyperparameters()
+        self.positions = TrainLoaderPositions()
         self.tokenizer = None
         self.datasets: dict[str, Dataset] = {}
         self.encoding_stats: dict[str, dict] = {}
@@ -189,16 +201,41 @@ class InstructDataModule(L.LightningDataModule):
             raise UserInputError(f"no {split} example fits max_length={self.hparams.max_length}", path=str(files))
         return EncodedDialogues(examples)
 
+    def state_dict(self) -> dict:
+        """Where the training loaders stand in their epoch: a run resumed mid-epoch continues there."""
+        return {"train_loaders": self.positions.state_dict()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.positions.load_state_dict(state_dict.get("train_loaders", {}))
+
     def train_dataloader(self):
-        chat = self._loader(self.datasets["train"], shuffle=True)
+        # Seeded per-epoch order (not RandomSampler's global RNG) and resumable positions: a killed run
+        # resumes at the next unseen dialogue.
+        dataset = self.datasets["train"]
+        sampler = EpochIndexSampler(dataset, num_replicas=self._world_size(), rank=self._rank(), shuffle=True,
+                                    seed=self.hparams.seed)
+        chat = self.positions.track("chat", self._resumable(dataset, sampler, self.hparams.batch_size))
         if "replay" not in self.datasets:
             return chat
         from lightning.pytorch.utilities import CombinedLoader
 
-        replay = DataLoader(self.datasets["replay"], batch_size=self.hparams.replay_batch_size, shuffle=False,
-                            collate_fn=partial(collate_right_padded, pad_id=self.tokenizer.pad_token_id))
+        replay_sampler = ResumableSampler(self.datasets["replay"], num_replicas=self._world_size(), rank=self._rank(),
+                                          shuffle=False)
+        replay = self.positions.track("replay", self._resumable(self.datasets["replay"], replay_sampler,
+                                                                self.hparams.replay_batch_size))
         # Equal lengths by construction (CycledWindows), so "min_size" drops nothing of the chat data.
         return CombinedLoader({"chat": chat, "replay": replay}, mode="min_size")
+
+    def _resumable(self, dataset: Dataset, sampler: DistributedSampler, batch_size: int) -> ResumableDataLoader:
+        return ResumableDataLoader(dataset, batch_size=batch_size, sampler=sampler,
+                                   num_workers=self.hparams.num_workers,
+                                   collate_fn=partial(collate_right_padded, pad_id=self.tokenizer.pad_token_id))
+
+    def _world_size(self) -> int:
+        return self.trainer.world_size if self.trainer is not None else 1
+
+    def _rank(self) -> int:
+        return self.trainer.global_rank if self.trainer is not None else 0
 
     def val_dataloader(self) -> DataLoader | list:
         return self._loader(self.datasets["val"], shuffle=False) if "val" in self.datasets else []

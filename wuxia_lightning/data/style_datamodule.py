@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
@@ -14,10 +14,12 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from wuxia_lightning.data.corpus import resolve_sources, split_train_val
 from wuxia_lightning.data.masking import DynamicMasker, InfillTokens, MaskingConfig
+from wuxia_lightning.data.resumable import EpochIndexSampler, ResumableDataLoader, TrainLoaderPositions
 from wuxia_lightning.data.token_cache import IngestSettings, TokenizedDocument, load_or_build_many
 from wuxia_lightning.data.windows import TokenStream, build_stream
 from wuxia_lightning.io import cache_root
 from wuxia_lightning.modeling.loading import load_tokenizer
+from wuxia_lightning.nonfinite import SAMPLE_ID_KEYS
 from wuxia_lightning.objectives.losses import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
@@ -37,19 +39,12 @@ class MaskedWindowDataset(Dataset):
         ids, function_word, special = self.stream.window(index)
         if self.masker is None:  # plain causal LM (general-domain validation)
             ids64 = ids.astype(np.int64)
-            return {"input_ids": ids64, "labels": ids64.copy(), "loss_weights": np.ones(len(ids), np.float32),
-                    "mode": 2, "masked_tokens": 0, "shortfall_tokens": 0}
-        return self.masker(ids, function_word, special, epoch, index)
-
-
-class EpochIndexSampler(DistributedSampler):
-    """A DistributedSampler that yields (epoch, index), so each sample knows the epoch it is drawn for.
-
-    Lightning calls ``set_epoch`` on it every epoch and leaves an existing DistributedSampler in place.
-    """
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        return ((self.epoch, index) for index in super().__iter__())
+            sample = {"input_ids": ids64, "labels": ids64.copy(), "loss_weights": np.ones(len(ids), np.float32),
+                      "mode": 2, "masked_tokens": 0, "shortfall_tokens": 0}
+        else:
+            sample = self.masker(ids, function_word, special, epoch, index)
+        # The sample's identity travels with it: logs and the non-finite guard can name it.
+        return {**sample, "epoch": epoch, "index": index}
 
 
 def collate_right_padded(samples: Sequence[dict], pad_id: int) -> dict[str, torch.Tensor]:
@@ -68,6 +63,9 @@ def collate_right_padded(samples: Sequence[dict], pad_id: int) -> dict[str, torc
         batch["attention_mask"][row, :n] = 1
     for key in ("mode", "masked_tokens", "shortfall_tokens"):
         batch[key] = torch.tensor([sample[key] for sample in samples], dtype=torch.long)
+    for key in SAMPLE_ID_KEYS:  # (epoch, index) of each row, where the dataset provides them
+        if all(key in sample for sample in samples):
+            batch[key] = torch.tensor([sample[key] for sample in samples], dtype=torch.long)
     return batch
 
 
@@ -105,6 +103,14 @@ class StyleDataModule(L.LightningDataModule):
         self.tokenizer = None
         self.streams: dict[str, TokenStream] = {}
         self.split_documents: dict[str, list] = {}
+        self.positions = TrainLoaderPositions()
+
+    def state_dict(self) -> dict:
+        """Where the training loader stands in its epoch: a run resumed mid-epoch continues there."""
+        return {"train_loaders": self.positions.state_dict()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.positions.load_state_dict(state_dict.get("train_loaders", {}))
 
     def prepare_data(self) -> None:
         """Runs on one process per node: build the token caches once (jieba + tokenizer)."""
@@ -147,7 +153,8 @@ class StyleDataModule(L.LightningDataModule):
         dataset = MaskedWindowDataset(self.streams["train"], self.masker)
         sampler = EpochIndexSampler(dataset, num_replicas=self._world_size(), rank=self._rank(), shuffle=True,
                                     seed=self.hparams.seed)
-        return self._loader(dataset, sampler)
+        # Resumable: a run killed mid-epoch continues at the next unseen window of the same order.
+        return self.positions.track("train", self._loader(dataset, sampler, ResumableDataLoader))
 
     def val_dataloader(self) -> list[DataLoader]:
         """Style validation with a fixed draw (epoch 0), plus general-domain text as plain LM if given."""
@@ -167,12 +174,12 @@ class StyleDataModule(L.LightningDataModule):
         sampler = DistributedSampler(dataset, num_replicas=self._world_size(), rank=self._rank(), shuffle=False)
         return self._loader(dataset, sampler)
 
-    def _loader(self, dataset: Dataset, sampler) -> DataLoader:
+    def _loader(self, dataset: Dataset, sampler, loader_class: type[DataLoader] = DataLoader) -> DataLoader:
         pad_id = self.tokenizer.pad_token_id
-        return DataLoader(dataset, batch_size=self.hparams.batch_size, sampler=sampler,
-                          num_workers=self.hparams.num_workers,
-                          collate_fn=partial(collate_right_padded, pad_id=pad_id),
-                          persistent_workers=self.hparams.num_workers > 0)
+        return loader_class(dataset, batch_size=self.hparams.batch_size, sampler=sampler,
+                            num_workers=self.hparams.num_workers,
+                            collate_fn=partial(collate_right_padded, pad_id=pad_id),
+                            persistent_workers=self.hparams.num_workers > 0)
 
     def _load(self, sources: str | list[str]) -> tuple[list[TokenizedDocument], list]:
         return load_or_build_many(resolve_sources(sources), self.tokenizer, self.settings, self.cache_dir)

@@ -13,10 +13,15 @@ Precision = Literal["float32", "bfloat16", "float16"]
 Quantization = Literal["none", "4bit"]
 
 
-def load_tokenizer(model_name_or_path: str, tokenizer_name_or_path: str | None = None):
+def load_tokenizer(model_name_or_path: str, tokenizer_name_or_path: str | None = None, *,
+                   trust_remote_code: bool = False):
     """The tokenizer of the model (or an explicit one), padded on the right for training, with the infill
-    (FIM) tokens the cloze layout needs — added as new special tokens when a tokenizer lacks them."""
-    tokenizer = _raw_tokenizer(model_name_or_path, tokenizer_name_or_path)
+    (FIM) tokens the cloze layout needs — added as new special tokens when a tokenizer lacks them.
+
+    ``trust_remote_code``: run Python code shipped with the model folder / hub repo (``auto_map``).
+    Off unless asked: that code runs with the user's rights the moment the model loads.
+    """
+    tokenizer = _raw_tokenizer(model_name_or_path, tokenizer_name_or_path, trust_remote_code)
     ensure_infill_tokens(tokenizer)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -38,18 +43,19 @@ def ensure_infill_tokens(tokenizer) -> list[int]:
     return [tokenizer.convert_tokens_to_ids(token) for token in missing]
 
 
-def added_infill_token_ids(model_name_or_path: str, tokenizer_name_or_path: str | None = None) -> list[int]:
+def added_infill_token_ids(model_name_or_path: str, tokenizer_name_or_path: str | None = None, *,
+                           trust_remote_code: bool = False) -> list[int]:
     """Ids of infill tokens the model's own tokenizer lacks: their embedding rows start untrained, so the
     style adapter must train them (peft ``trainable_token_indices``)."""
-    return ensure_infill_tokens(_raw_tokenizer(model_name_or_path, tokenizer_name_or_path))
+    return ensure_infill_tokens(_raw_tokenizer(model_name_or_path, tokenizer_name_or_path, trust_remote_code))
 
 
-def _raw_tokenizer(model_name_or_path: str, tokenizer_name_or_path: str | None):
+def _raw_tokenizer(model_name_or_path: str, tokenizer_name_or_path: str | None, trust_remote_code: bool = False):
     source = tokenizer_name_or_path or resolve_model_path(model_name_or_path, tokenizer_name_or_path)
-    return load_saved_tokenizer(source)
+    return load_saved_tokenizer(source, trust_remote_code=trust_remote_code)
 
 
-def load_saved_tokenizer(source: str | os.PathLike):
+def load_saved_tokenizer(source: str | os.PathLike, *, trust_remote_code: bool = False):
     """``AutoTokenizer.from_pretrained``, but a local ``tokenizer.json`` is used as saved.
 
     transformers 5 maps a folder whose config says ``qwen2`` to ``Qwen2Tokenizer``, which rebuilds a
@@ -62,7 +68,8 @@ def load_saved_tokenizer(source: str | os.PathLike):
 
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-    tokenizer = AutoTokenizer.from_pretrained(str(source))
+    # False, not None: with None transformers *asks* on a terminal (and times out into an error elsewhere).
+    tokenizer = AutoTokenizer.from_pretrained(str(source), trust_remote_code=trust_remote_code)
     saved = Path(source) / "tokenizer.json"
     if not saved.is_file() or not hasattr(tokenizer, "backend_tokenizer"):
         return tokenizer
@@ -70,13 +77,16 @@ def load_saved_tokenizer(source: str | os.PathLike):
     if all(on_disk.get(key) == loaded.get(key) for key in ("pre_tokenizer", "decoder")) and \
             on_disk["model"]["type"] == loaded["model"]["type"]:
         return tokenizer
-    return PreTrainedTokenizerFast.from_pretrained(str(source))
+    return PreTrainedTokenizerFast.from_pretrained(str(source), trust_remote_code=trust_remote_code)
 
 
 def load_base_model(model_name_or_path: str, *, tokenizer_name_or_path: str | None = None,
                     dtype: Precision = "float32", quantization: Quantization = "none",
-                    gradient_checkpointing: bool = False, attn_implementation: str | None = None):
+                    gradient_checkpointing: bool = False, attn_implementation: str | None = None,
+                    trust_remote_code: bool = False):
     """A causal LM ready for adapters: frozen, optionally nf4-quantised, checkpointing on request.
+
+    ``trust_remote_code`` (model and tokenizer): run code shipped with the checkpoint; off unless asked.
 
     4-bit goes through transformers' ``BitsAndBytesConfig`` (Lightning's bnb plugin skips models that
     already hold bnb layers). We deliberately avoid ``prepare_model_for_kbit_training``: it upcasts every
@@ -86,7 +96,7 @@ def load_base_model(model_name_or_path: str, *, tokenizer_name_or_path: str | No
 
     path = resolve_model_path(model_name_or_path, tokenizer_name_or_path)
     torch_dtype = getattr(torch, dtype)
-    kwargs: dict = {"dtype": torch_dtype}
+    kwargs: dict = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     if quantization == "4bit":
@@ -96,7 +106,7 @@ def load_base_model(model_name_or_path: str, *, tokenizer_name_or_path: str | No
         )
         kwargs["device_map"] = _quantized_device_map()
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    vocabulary = len(load_tokenizer(model_name_or_path, tokenizer_name_or_path))
+    vocabulary = len(load_tokenizer(model_name_or_path, tokenizer_name_or_path, trust_remote_code=trust_remote_code))
     if vocabulary > model.get_input_embeddings().num_embeddings:  # infill tokens were added
         model.resize_token_embeddings(vocabulary, pad_to_multiple_of=64)
     model.requires_grad_(False)

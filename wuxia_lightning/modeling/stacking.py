@@ -84,17 +84,20 @@ def stop_token_ids(tokenizer) -> list[int]:
 
 
 def load_stacked(folder: str | Path, *, model_name_or_path: str | None = None, dtype: Precision = "float32",
-                 quantization: Quantization = "none"):
+                 quantization: Quantization = "none", style_scale: float = 1.0, instruct_scale: float = 1.0,
+                 trust_remote_code: bool = False):
     """Restore a stacked (or stage-1) output folder: base + its adapters, all active, frozen, eval mode.
 
     Returns (peft_model, tokenizer). ``model_name_or_path`` overrides the base named in the manifest
-    (e.g. a local copy of the hub model).
+    (e.g. a local copy of the hub model). ``style_scale`` / ``instruct_scale`` multiply each adapter's
+    LoRA delta (1 = as trained): the style-strength knob, see ``set_adapter_scales``.
+    ``trust_remote_code``: run code shipped with the base model; off unless asked.
     """
     folder = Path(folder)
     manifest = read_manifest(folder)
     base = load_base_model(model_name_or_path or manifest["base_model"],
                            tokenizer_name_or_path=manifest.get("tokenizer"), dtype=dtype,
-                           quantization=quantization)
+                           quantization=quantization, trust_remote_code=trust_remote_code)
     adapters = manifest["adapters"]
     if adapters == [STYLE] and (folder / "adapter_config.json").exists():  # a stage-1 output folder
         model = attach_style(base, folder)
@@ -103,6 +106,23 @@ def load_stacked(folder: str | Path, *, model_name_or_path: str | None = None, d
         for name in adapters[1:]:
             model.load_adapter(str(folder / name), adapter_name=name)
         activate(model, adapters)
+    set_adapter_scales(model, {STYLE: style_scale, INSTRUCT: instruct_scale})
     model.requires_grad_(False)
     model.eval()
-    return model, load_saved_tokenizer(folder)
+    return model, load_saved_tokenizer(folder, trust_remote_code=trust_remote_code)
+
+
+def set_adapter_scales(peft_model, scales: dict[str, float]) -> None:
+    """Scale each named adapter's LoRA delta to ``factor`` × its trained size (alpha / r, or alpha / √r
+    with rsLoRA), in every LoRA layer; adapters a model does not have are ignored.
+
+    Both adapters stay active and their deltas still add, so style × 1.5 pushes replies further toward the
+    novels without retraining, and style × 0 is the instruct adapter alone. peft's ``set_scale`` resets
+    from the configured alpha / r, so calling this again replaces, never compounds, an earlier scale.
+    """
+    from peft.tuners.lora import LoraLayer
+
+    for module in peft_model.modules():
+        if isinstance(module, LoraLayer):
+            for adapter, factor in scales.items():
+                module.set_scale(adapter, factor)

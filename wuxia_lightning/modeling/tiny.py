@@ -99,10 +99,13 @@ def make_tiny_model(out_dir: str | Path, arch: str = "qwen2", tokenizer_path: st
         tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_path))
     else:
         tokenizer = train_bpe_tokenizer(texts if texts is not None else sample_texts())
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(tiny_config(arch, tokenizer))
-    if pretrain_steps > 0:
-        pretrain(model, tokenizer, texts if texts is not None else sample_texts(), pretrain_steps)
+    # Its own RNG stream: building the model on first use must not move the caller's seeded draws (a run
+    # that builds the cached model would otherwise initialise its LoRA differently from one that finds it).
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(tiny_config(arch, tokenizer))
+        if pretrain_steps > 0:
+            pretrain(model, tokenizer, texts if texts is not None else sample_texts(), pretrain_steps)
     out_dir = Path(out_dir)
     with staged_directory(out_dir) as staging:  # readers never see a half-written model
         model.save_pretrained(staging)

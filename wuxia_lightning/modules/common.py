@@ -1,4 +1,5 @@
-"""Pieces both stages share: model hooks, adapter-only checkpoints, output-folder protection."""
+"""Pieces both stages share: model hooks, adapter-only checkpoints, output-folder protection,
+the non-finite guard."""
 
 from __future__ import annotations
 
@@ -8,14 +9,25 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from wuxia_lightning.checkpointing import AtomicCheckpoints
 from wuxia_lightning.errors import UserInputError
 from wuxia_lightning.modeling.loading import load_tokenizer
+from wuxia_lightning.nonfinite import NonFiniteGuard, assert_finite_parameters
 from wuxia_lightning.objectives.losses import TokenLossSums, chunked_ce_kl, select_loss_positions
+from wuxia_lightning.output_lock import OutputFolderLock
+from wuxia_lightning.rng_state import RngStateCheckpoint
+
+# Used when a subclass has no ``max_bad_steps`` hyper-parameter (yet).
+DEFAULT_MAX_BAD_STEPS = 10
 
 
 class AdapterModule(L.LightningModule):
     """A LightningModule around a peft model (``self.peft_model``, built in ``configure_model``) whose
-    checkpoints hold only the trainable tensors."""
+    checkpoints hold only the trainable tensors.
+
+    Subclasses may declare the hyper-parameters ``max_bad_steps`` (non-finite guard) and
+    ``trust_remote_code`` (model/tokenizer loading); without them the safe defaults apply.
+    """
 
     def __init__(self) -> None:
         super().__init__()
@@ -26,7 +38,8 @@ class AdapterModule(L.LightningModule):
     def tokenizer(self):
         """The tokenizer saved beside the adapters: loaded once, not again at every checkpoint."""
         if self._tokenizer is None:
-            self._tokenizer = load_tokenizer(self.hparams.model_name_or_path, self.hparams.tokenizer_name_or_path)
+            self._tokenizer = load_tokenizer(self.hparams.model_name_or_path, self.hparams.tokenizer_name_or_path,
+                                             trust_remote_code=self.hparams.get("trust_remote_code", False))
         return self._tokenizer
 
     # ---- forward pieces -------------------------------------------------------------------------
@@ -63,7 +76,17 @@ class AdapterModule(L.LightningModule):
         self.peft_model.train()
 
     def on_fit_end(self) -> None:
+        assert_finite_parameters(self.peft_model)
         self.save_outputs()
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        """Always on, whatever the config's ``trainer.callbacks`` list says: skip non-finite steps, one
+        writer per output folder, checkpoints written atomically and carrying the RNG states (an exact
+        resume). Module callbacks replace trainer callbacks of the same type, so a ``NonFiniteGuard``
+        given in the config is superseded by ``--model.max_bad_steps``."""
+        max_bad_steps = self.hparams.get("max_bad_steps", DEFAULT_MAX_BAD_STEPS)
+        return [NonFiniteGuard(max_bad_steps), OutputFolderLock(self.hparams.get("output_dir")),
+                AtomicCheckpoints(), RngStateCheckpoint()]
 
     def save_outputs(self) -> None:
         """Write the adapter folder to ``output_dir`` (each stage knows its layout)."""
@@ -71,6 +94,7 @@ class AdapterModule(L.LightningModule):
 
     # ---- adapter-only checkpoints ---------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        assert_finite_parameters(self.peft_model)  # raising here aborts the save before any file is written
         trainable = {f"peft_model.{name}" for name, p in self.peft_model.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
         self.save_outputs()  # the peft folder follows every checkpoint

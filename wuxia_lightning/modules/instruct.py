@@ -38,7 +38,7 @@ from wuxia_lightning.modeling.stacking import (
 )
 from wuxia_lightning.modules.common import AdapterModule
 
-AdapterMode = Literal["stacked", "continue_style"]
+AdapterMode = Literal["stacked", "continue_style", "composed"]
 
 
 class InstructModule(AdapterModule):
@@ -48,8 +48,10 @@ class InstructModule(AdapterModule):
         model_name_or_path: the base model the style adapter was trained on.
         tokenizer_name_or_path: tokenizer folder if not the model's.
         style_adapter: the stage-1 output folder (a peft adapter).
-        adapter_mode: "stacked" (new instruct adapter on frozen style) or "continue_style" (the seed's old
-            approach: keep training the style adapter itself).
+        adapter_mode: "stacked" (new instruct adapter trained on the frozen, active style), "composed" (the
+            instruct adapter trained on the bare base with style switched off, both active when serving:
+            it never learns to undo the style), or "continue_style" (the seed's old approach: keep
+            training the style adapter itself). docs/replication compares them.
         lora_r / lora_alpha / lora_dropout / lora_target_modules: the new instruct adapter (seed: 64/128).
         dtype / quantization / gradient_checkpointing: as in stage 1.
         learning_rate / weight_decay / warmup_steps / loss_chunk_size: optimisation.
@@ -64,6 +66,10 @@ class InstructModule(AdapterModule):
         replay_beta: weight of KL(style+instruct ‖ style only) on style-corpus windows served beside each
             chat batch (``--data.replay_corpus``). The instruct adapter then learns the chat format while
             being pulled back wherever it would change how the model writes the novels. 0 disables.
+        style_scale / instruct_scale: multiply each adapter's delta when serving a trained folder
+            (validate / test / predict): the style-strength knob. 1 = as trained.
+        max_bad_steps: consecutive non-finite (NaN/Inf) steps skipped before training stops with an error.
+        trust_remote_code: run code shipped with the base model; off unless asked.
     """
 
     def __init__(self, model_name_or_path: str = "tiny-qwen2", tokenizer_name_or_path: str | None = None,
@@ -75,7 +81,8 @@ class InstructModule(AdapterModule):
                  loss_chunk_size: int = 256, output_dir: str | None = None, overwrite_output: bool = False,
                  max_new_tokens: int = 128, do_sample: bool = False, temperature: float = 0.7,
                  top_p: float = 0.9, eval_style_corpus: str | list[str] | None = None,
-                 eval_samples: int = 8, replay_beta: float = 0.0) -> None:
+                 eval_samples: int = 8, replay_beta: float = 0.0, style_scale: float = 1.0,
+                 instruct_scale: float = 1.0, max_bad_steps: int = 10, trust_remote_code: bool = False) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.peft_model = None
@@ -91,14 +98,19 @@ class InstructModule(AdapterModule):
         hp = self.hparams
         if self._serving():
             self.peft_model, _ = load_stacked(hp.output_dir, model_name_or_path=hp.model_name_or_path,
-                                              dtype=hp.dtype, quantization=hp.quantization)
+                                              dtype=hp.dtype, quantization=hp.quantization,
+                                              style_scale=hp.style_scale, instruct_scale=hp.instruct_scale,
+                                              trust_remote_code=hp.trust_remote_code)
             self.adapters = read_manifest(hp.output_dir)["adapters"]
             return
         if not hp.style_adapter:
             raise ValueError("--model.style_adapter is required: a stage-1 output folder")
+        if hp.adapter_mode == "composed" and hp.replay_beta > 0:
+            raise ValueError("--model.replay_beta needs the style active while training: use adapter_mode stacked")
         base = load_base_model(hp.model_name_or_path, tokenizer_name_or_path=hp.tokenizer_name_or_path,
                                dtype=hp.dtype, quantization=hp.quantization,
-                               gradient_checkpointing=hp.gradient_checkpointing)
+                               gradient_checkpointing=hp.gradient_checkpointing,
+                               trust_remote_code=hp.trust_remote_code)
         continue_style = hp.adapter_mode == "continue_style"
         self.peft_model = attach_style(base, hp.style_adapter, trainable=continue_style)
         if continue_style:
@@ -107,12 +119,19 @@ class InstructModule(AdapterModule):
             self.peft_model.add_adapter(INSTRUCT, lora_config(hp.lora_r, hp.lora_alpha, hp.lora_dropout,
                                                               hp.lora_target_modules))
             self.adapters = [STYLE, INSTRUCT]
-        activate(self.peft_model, self.adapters)
+        # What the training forward sees; serving (generation, the saved folder) always uses self.adapters.
+        self.training_adapters = [INSTRUCT] if hp.adapter_mode == "composed" else self.adapters
         trained = self.adapters[-1]
-        restore_trainable(self.peft_model, adapter_parameter_names(self.peft_model, trained))
+        self._activate(self.training_adapters)
         self.style_snapshot = {n: p.detach().clone() for n, p in self.peft_model.named_parameters()
                                if f".{STYLE}." in n}
         assert_trainable_only(self.peft_model, trained)
+
+    def _activate(self, adapters: list[str]) -> None:
+        """Activate ``adapters``; set_adapter marks active adapters trainable, so re-assert "only the
+        trained one"."""
+        activate(self.peft_model, adapters)
+        restore_trainable(self.peft_model, adapter_parameter_names(self.peft_model, self.adapters[-1]))
 
     def _serving(self) -> bool:
         """validate/test/predict without a checkpoint: use the trained stacked folder as it is on disk."""
@@ -141,9 +160,7 @@ class InstructModule(AdapterModule):
         with torch.no_grad():
             activate(self.peft_model, [STYLE])
             reference = self.hidden_states(replay)
-        activate(self.peft_model, self.adapters)
-        # set_adapter marks the active adapters trainable: re-assert "only the trained one".
-        restore_trainable(self.peft_model, adapter_parameter_names(self.peft_model, self.adapters[-1]))
+        self._activate(self.training_adapters)
         return self.token_losses(replay, reference, chunk_size=self.hparams.loss_chunk_size).mean_kl()
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
@@ -154,7 +171,7 @@ class InstructModule(AdapterModule):
         self.log("val/ppl", self.val_ppl, on_epoch=True, batch_size=size)
 
     def on_fit_end(self) -> None:
-        if self.hparams.adapter_mode == "stacked":
+        if self.hparams.adapter_mode != "continue_style":
             verify_unchanged(self.peft_model, self.style_snapshot)
         super().on_fit_end()
 
@@ -169,8 +186,14 @@ class InstructModule(AdapterModule):
                     "adapter_origin": {STYLE: str(Path(hp.style_adapter).resolve()),
                                        **({INSTRUCT: "trained here"} if INSTRUCT in self.adapters else {})},
                     "adapter_mode": hp.adapter_mode, "chat_template": tokenizer.chat_template,
-                    "training": dict(hp)}
+                    "data": self._data_settings(), "training": dict(hp)}
         save_stacked(self.peft_model, hp.output_dir, tokenizer, manifest)
+
+    def _data_settings(self) -> dict:
+        """The system-prompt preset the model was trained with: inference and predict use it by default."""
+        data = getattr(self.trainer, "datamodule", None)
+        settings = getattr(data, "hparams", {})
+        return {key: settings.get(key) for key in ("preset", "presets_file")}
 
     def on_validation_epoch_end(self) -> None:
         """Generate replies to the first validation prompts: stop rate and, with a corpus, style."""
@@ -197,7 +220,14 @@ class InstructModule(AdapterModule):
         """Generate one reply per conversation; update the stop-rate and style metrics."""
         settings = GenerationSettings(self.hparams.max_new_tokens, self.hparams.do_sample,
                                       self.hparams.temperature, self.hparams.top_p)
-        replies = generate_replies(self.peft_model, self.trainer.datamodule.tokenizer, conversations, settings)
+        serving_differs = getattr(self, "training_adapters", self.adapters) != self.adapters
+        if serving_differs:  # composed: replies come from both adapters, as the saved folder serves them
+            self._activate(self.adapters)
+        try:
+            replies = generate_replies(self.peft_model, self.trainer.datamodule.tokenizer, conversations, settings)
+        finally:
+            if serving_differs:
+                self._activate(self.training_adapters)
         self.stop_rate.update(torch.tensor([r.stopped for r in replies]),
                               torch.tensor([r.continues_dialogue for r in replies]))
         scorer = self.style_scorer()

@@ -48,6 +48,10 @@ class StyleAlignmentModule(AdapterModule):
         loss_chunk_size: positions per chunk of the LM head in the loss (peak ≈ chunk × vocab floats).
         output_dir: where the adapter is written (peft format) at each checkpoint and at the end of fit.
         overwrite_output: allow replacing an existing, non-empty ``output_dir``.
+        max_bad_steps: optimizer steps with a NaN/Inf loss or gradient are skipped (weights untouched,
+            warning logged); this many in a row stop training with an error (the run has diverged).
+        trust_remote_code: run Python code shipped with the base model / tokenizer (``auto_map``). Off
+            unless asked: only for checkpoints whose code you have read or trust.
         eval_prompts: a text file of prompts (one per line); at each validation the first
             ``eval_samples`` are continued (``eval_max_new_tokens`` tokens, sampled with a fixed seed) by
             the styled model — and once by the base — and scored against the training corpus.
@@ -60,7 +64,8 @@ class StyleAlignmentModule(AdapterModule):
                  learning_rate: float = 2e-4, weight_decay: float = 0.0, warmup_steps: int = 10,
                  loss_chunk_size: int = 256, output_dir: str | None = None,
                  overwrite_output: bool = False, eval_prompts: str | None = None, eval_samples: int = 8,
-                 eval_max_new_tokens: int = 64) -> None:
+                 eval_max_new_tokens: int = 64, max_bad_steps: int = 10,
+                 trust_remote_code: bool = False) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.peft_model = None
@@ -75,8 +80,10 @@ class StyleAlignmentModule(AdapterModule):
         hp = self.hparams
         base = load_base_model(hp.model_name_or_path, tokenizer_name_or_path=hp.tokenizer_name_or_path,
                                dtype=hp.dtype, quantization=hp.quantization,
-                               gradient_checkpointing=hp.gradient_checkpointing)
-        new_tokens = added_infill_token_ids(hp.model_name_or_path, hp.tokenizer_name_or_path)
+                               gradient_checkpointing=hp.gradient_checkpointing,
+                               trust_remote_code=hp.trust_remote_code)
+        new_tokens = added_infill_token_ids(hp.model_name_or_path, hp.tokenizer_name_or_path,
+                                            trust_remote_code=hp.trust_remote_code)
         config = lora_config(hp.lora_r, hp.lora_alpha, hp.lora_dropout, hp.lora_target_modules, new_tokens)
         self.peft_model = get_peft_model(base, config, adapter_name=ADAPTER)
         self._trainable = trainable_names(self.peft_model)

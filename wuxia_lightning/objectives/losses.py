@@ -1,9 +1,12 @@
 """Cloze cross-entropy and KL(policy ‖ reference), chunked over loss positions.
 
-The models hand us final hidden states (N×d, small); logits are made one chunk of positions at a time
-and recomputed in backward (activation checkpointing), so peak loss memory is ~chunk×V instead of
-several B×T×V tensors (Qwen: V = 151,936, one fp32 logits tensor at 4×512 tokens is 1.2 GB; at the
-default 256 positions per chunk a chunk's logits are 156 MB).
+The models hand us final hidden states (N×d, small); logits are made one chunk of positions at a time,
+so peak loss memory is ~chunk×V instead of several B×T×V tensors (Qwen: V = 151,936, one fp32 logits
+tensor at 4×512 tokens is 1.2 GB; at the default 256 positions per chunk a chunk's logits are 156 MB).
+
+Two implementations with the same result: the default fused pass (``fused_loss.py``) computes each chunk's
+logits once and its gradients in the same pass; the checkpointed one (``fused=False``, the reference in
+tests and the fallback for LM heads that are not a plain ``nn.Linear``) recomputes them in backward.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 from torch.utils.checkpoint import checkpoint
+
+from wuxia_lightning.objectives.fused_loss import fused_ce_kl
 
 IGNORE_INDEX = -100
 
@@ -49,12 +54,36 @@ def select_loss_positions(hidden: torch.Tensor, labels: torch.Tensor, weights: t
 
 def chunked_ce_kl(hidden: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor,
                   head: Callable[[torch.Tensor], torch.Tensor], ref_hidden: torch.Tensor | None = None,
-                  chunk_size: int = 256, compute_dtype: torch.dtype = torch.float32) -> TokenLossSums:
+                  chunk_size: int = 256, compute_dtype: torch.dtype = torch.float32,
+                  fused: bool = True) -> TokenLossSums:
     """Sums of CE and KL(P_policy ‖ P_ref) over all N positions, full vocabulary, ``chunk_size`` at a time.
 
     ``head`` maps hidden states to logits (the LM head); ``ref_hidden`` are the reference model's
-    hidden states at the same positions (no gradient), or None to skip the KL term.
+    hidden states at the same positions (no gradient), or None to skip the KL term. ``fused`` picks the
+    fused pass when ``head`` is a plain ``nn.Linear`` without hooks (anything else is only known through
+    its forward, so it takes the checkpointed path).
     """
+    if fused and _plain_linear(head):
+        ce, kl, nll = fused_ce_kl(hidden, targets, weights, head.weight, head.bias, ref_hidden,
+                                  chunk_size=chunk_size, compute_dtype=compute_dtype)
+    else:
+        ce, kl, nll = _checkpointed_sums(hidden, targets, weights, head, ref_hidden, chunk_size, compute_dtype)
+    return TokenLossSums(ce=ce, kl=kl, weight=weights.to(compute_dtype).sum(), nll=nll,
+                         tokens=torch.tensor(hidden.shape[0], device=hidden.device))
+
+
+def _plain_linear(head: Callable[[torch.Tensor], torch.Tensor]) -> bool:
+    """The fused pass uses ``head.weight``/``head.bias`` directly, which bypasses forward and its hooks:
+    only do that when forward is exactly ``nn.Linear``'s (not a subclass, a peft wrapper, or hooked)."""
+    hooked = isinstance(head, torch.nn.Module) and bool(head._forward_hooks or head._forward_pre_hooks)
+    return type(head) is torch.nn.Linear and not hooked
+
+
+def _checkpointed_sums(hidden: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor,
+                       head: Callable[[torch.Tensor], torch.Tensor], ref_hidden: torch.Tensor | None,
+                       chunk_size: int, compute_dtype: torch.dtype
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(Σ w·CE, Σ w·KL, Σ CE), each chunk's logits recomputed in backward (activation checkpointing)."""
     zero = hidden.new_zeros((), dtype=compute_dtype)
     ce_sum, kl_sum, nll_sum = zero, zero, zero
     for start in range(0, hidden.shape[0], chunk_size):
@@ -64,8 +93,7 @@ def chunked_ce_kl(hidden: torch.Tensor, targets: torch.Tensor, weights: torch.Te
         ce, kl, nll = _chunk_terms(head, compute_dtype, *args) if not torch.is_grad_enabled() else checkpoint(
             _chunk_terms, head, compute_dtype, *args, use_reentrant=False)
         ce_sum, kl_sum, nll_sum = ce_sum + ce, kl_sum + kl, nll_sum + nll
-    return TokenLossSums(ce=ce_sum, kl=kl_sum, weight=weights.to(compute_dtype).sum(), nll=nll_sum,
-                         tokens=torch.tensor(hidden.shape[0], device=hidden.device))
+    return ce_sum, kl_sum, nll_sum
 
 
 def _chunk_terms(head: Callable[[torch.Tensor], torch.Tensor], compute_dtype: torch.dtype,

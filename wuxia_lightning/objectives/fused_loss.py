@@ -1,0 +1,261 @@
+"""Fused chunked CE + KL(policy ‖ reference): each chunk's logits are made once, gradients in the same pass.
+
+Why: the checkpointed loss (``chunked_ce_kl(..., fused=False)``) holds one chunk of logits at a time by
+recomputing every chunk in backward, so the LM head matmuls (policy, and for β > 0 the reference too) run
+twice. The gradients of the loss sums w.r.t. a chunk's logits have closed forms, so forward can compute
+them while the chunk's logits are alive and contract them with the LM head at once into gradients w.r.t.
+the hidden states (N×d, small). Backward then only scales what forward stored.
+
+Per row, with z the policy logits, p = softmax(z), q = the reference softmax and y the target:
+    CE = logsumexp(z) − z_y             dCE/dz = p − onehot(y)
+    KL = Σ_v p (log p − log q)          dKL/dz = p ⊙ (log p − log q − KL)
+
+Forward returns three sums, Σ w·CE, Σ w·KL and Σ CE (the ``TokenLossSums`` fields the caller combines, e.g.
+ce_mean + β·kl_mean), and any mix of them may receive a gradient. So instead of one combined gradient we
+keep per-sum pieces, held from forward to backward:
+  * hidden states: two N×d tensors in the compute dtype, (p − onehot)·W and dKL/dz·W, *without* the row
+    weights, which backward applies; Σ w·CE and Σ CE share the first. (N = 2048, d = 896: 7 MB each.)
+  * LM head weight, only when it requires grad (full fine-tuning, e.g. the pre-training module; under LoRA
+    it is frozen): V×d accumulators for Σ w·CE, for Σ CE (the same tensor when every weight is 1) and for
+    Σ w·KL (only with a reference), so one to three V×d tensors. Bias the same, as V-vectors.
+  * loss weights, only if they require grad: the per-row CE and KL (N-vectors).
+Only one chunk's V-sized tensors are alive at a time: three chunk×V buffers with a reference (log q,
+log p and logsumexp's temporary; the gradients reuse the first two in place), two without.
+
+Logits are computed in ``compute_dtype`` (fp32 by default) even for bf16/fp16 inputs, and with autocast
+switched off: bf16 logits of magnitude ~20 are only good to ~0.06, which softmax turns into ~6 %
+probability errors. The LM head is upcast once per call, a V×d copy alive during forward only (none when
+it is already fp32). Gradients are returned in the inputs' dtypes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.autograd.function import once_differentiable
+
+Sums = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (Σ w·CE, Σ w·KL, Σ CE)
+
+
+def fused_ce_kl(hidden: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor, head_weight: torch.Tensor,
+                head_bias: torch.Tensor | None = None, ref_hidden: torch.Tensor | None = None,
+                chunk_size: int = 256, compute_dtype: torch.dtype = torch.float32) -> Sums:
+    """(Σ w·CE, Σ w·KL(P_policy ‖ P_ref), Σ CE) over the N rows of ``hidden`` (N×d), ``chunk_size`` at a time.
+
+    ``targets`` (N) are already-selected labels (no IGNORE_INDEX: see ``select_loss_positions``); the LM
+    head is ``hidden @ head_weight.T + head_bias``. ``ref_hidden`` (N×d) gets no gradient; None skips the
+    reference pass and returns a zero KL. Gradients flow to hidden, head_weight/bias and weights when they
+    require grad.
+    """
+    args = (hidden, targets, weights, head_weight, head_bias, ref_hidden, chunk_size, compute_dtype)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                       for t in (hidden, weights, head_weight, head_bias)):
+        return _FusedCEKL.apply(*args)
+    # Nothing to differentiate (evaluation): the same pass without the gradient matmuls.
+    sums, _ = _run(*args, wanted=_Wanted(hidden=False, head=False, bias=False, weights=False))
+    return sums
+
+
+@dataclass(frozen=True)
+class _Wanted:
+    """Which inputs get a gradient; the pieces for the others are never computed."""
+
+    hidden: bool
+    head: bool
+    bias: bool
+    weights: bool
+
+    def any_logit_grads(self) -> bool:
+        return self.hidden or self.head or self.bias
+
+
+@dataclass
+class _Stored:
+    """Everything backward needs; see the module docstring for sizes. None = not wanted."""
+
+    hidden_ce: torch.Tensor | None = None     # N×d: Σ_v (p − onehot)·W, per row, unweighted
+    hidden_kl: torch.Tensor | None = None     # N×d: Σ_v dKL/dz·W, per row, unweighted
+    head_wce: torch.Tensor | None = None      # V×d: d(Σ w·CE)/dW
+    head_nll: torch.Tensor | None = None      # V×d: d(Σ CE)/dW (aliases head_wce when all weights are 1)
+    head_wkl: torch.Tensor | None = None      # V×d: d(Σ w·KL)/dW
+    bias_wce: torch.Tensor | None = None      # V, likewise for the bias
+    bias_nll: torch.Tensor | None = None
+    bias_wkl: torch.Tensor | None = None
+    row_nll: torch.Tensor | None = None       # N: CE per row = d(Σ w·CE)/dw
+    row_kl: torch.Tensor | None = None        # N: KL per row = d(Σ w·KL)/dw
+
+
+class _FusedCEKL(torch.autograd.Function):
+    """Forward does all the work (see ``_run``); backward scales the stored pieces by grad_output."""
+
+    @staticmethod
+    def forward(ctx: Any, hidden: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor,
+                head_weight: torch.Tensor, head_bias: torch.Tensor | None, ref_hidden: torch.Tensor | None,
+                chunk_size: int, compute_dtype: torch.dtype) -> Sums:
+        needs = ctx.needs_input_grad
+        wanted = _Wanted(hidden=needs[0], weights=needs[2], head=needs[3], bias=head_bias is not None and needs[4])
+        sums, ctx.stored = _run(hidden, targets, weights, head_weight, head_bias, ref_hidden, chunk_size,
+                                compute_dtype, wanted)
+        ctx.save_for_backward(weights)
+        ctx.dtypes = (hidden.dtype, weights.dtype, head_weight.dtype,
+                      head_bias.dtype if head_bias is not None else None)
+        return sums
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_ce: torch.Tensor, grad_kl: torch.Tensor, grad_nll: torch.Tensor
+                 ) -> tuple[torch.Tensor | None, ...]:
+        (weights,) = ctx.saved_tensors
+        stored: _Stored = ctx.stored
+        hidden_dtype, weights_dtype, head_dtype, bias_dtype = ctx.dtypes
+        w = weights.to(grad_ce.dtype)
+        grad_hidden = _scale_rows(stored.hidden_ce, grad_ce * w + grad_nll, stored.hidden_kl, grad_kl * w)
+        grad_head = _combine(stored.head_wce, grad_ce, stored.head_nll, grad_nll, stored.head_wkl, grad_kl)
+        grad_bias = _combine(stored.bias_wce, grad_ce, stored.bias_nll, grad_nll, stored.bias_wkl, grad_kl)
+        grad_weights = _combine(stored.row_nll, grad_ce, None, grad_nll, stored.row_kl, grad_kl)
+        return (_cast(grad_hidden, hidden_dtype), None, _cast(grad_weights, weights_dtype),
+                _cast(grad_head, head_dtype), _cast(grad_bias, bias_dtype), None, None, None)
+
+
+def _run(hidden: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor, head_weight: torch.Tensor,
+         head_bias: torch.Tensor | None, ref_hidden: torch.Tensor | None, chunk_size: int,
+         compute_dtype: torch.dtype, wanted: _Wanted) -> tuple[Sums, _Stored]:
+    """The chunk loop: sums, plus the gradient pieces ``wanted`` asks for."""
+    head = head_weight.to(compute_dtype)  # one upcast per call, not per chunk (no copy if already fp32)
+    bias = head_bias.to(compute_dtype) if head_bias is not None else None
+    w = weights.to(compute_dtype)
+    stored = _allocate(hidden, head, bias, w, ref_hidden is not None, wanted)
+    totals = [hidden.new_zeros((), dtype=compute_dtype) for _ in range(3)]  # Σ w·CE, Σ w·KL, Σ CE
+    # Autocast (bf16-mixed training) would turn the matmuls below back into half precision: opt out.
+    with torch.no_grad(), torch.autocast(hidden.device.type, enabled=False):
+        for start in range(0, hidden.shape[0], chunk_size):
+            rows = slice(start, start + chunk_size)
+            ref_chunk = ref_hidden[rows].to(compute_dtype) if ref_hidden is not None else None
+            nll, kl = _chunk_and_store(stored, rows, hidden[rows].to(compute_dtype), targets[rows], ref_chunk,
+                                       w[rows], head, bias, wanted.any_logit_grads())
+            totals[0] += w[rows] @ nll
+            totals[2] += nll.sum()
+            if kl is not None:
+                totals[1] += w[rows] @ kl
+    return (totals[0], totals[1], totals[2]), stored
+
+
+def _chunk_and_store(stored: _Stored, rows: slice, h: torch.Tensor, targets: torch.Tensor,
+                     ref_h: torch.Tensor | None, w: torch.Tensor, head: torch.Tensor, bias: torch.Tensor | None,
+                     logit_grads: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One chunk, start to finish. Its own function so the chunk×V tensors die on return: held in the
+    loop's variables they would stay alive while the next chunk allocates its own (2 more chunk×V)."""
+    nll, kl, d_ce, d_kl = _chunk(h, targets, ref_h, head, bias, logit_grads)
+    _store_chunk(stored, rows, h, w, head, nll, kl, d_ce, d_kl)
+    return nll, kl
+
+
+def _chunk(h: torch.Tensor, targets: torch.Tensor, ref_h: torch.Tensor | None, head: torch.Tensor,
+           bias: torch.Tensor | None, logit_grads: bool
+           ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """Per-row CE and KL of one chunk, and dCE/dz, dKL/dz if asked. Works in place on the logits so at
+    most two chunk×V tensors are alive (plus logsumexp's temporary)."""
+    log_ratio = _log_softmax_(_logits(ref_h, head, bias)) if ref_h is not None else None  # log q, for now
+    log_p = _log_softmax_(_logits(h, head, bias))
+    nll = -log_p.gather(1, targets.unsqueeze(1)).squeeze(1)
+    if log_ratio is not None:
+        log_ratio.neg_().add_(log_p)  # log p − log q
+    p = log_p.exp_()  # log p is not needed any more: reuse its memory
+    kl = _rowwise_dot(p, log_ratio) if log_ratio is not None else None
+    if not logit_grads:
+        return nll, kl, None, None
+    d_kl = log_ratio.sub_(kl.unsqueeze(1)).mul_(p) if log_ratio is not None else None
+    d_ce = p.scatter_add_(1, targets.unsqueeze(1), p.new_full((len(targets), 1), -1.0))  # p − onehot(y)
+    return nll, kl, d_ce, d_kl
+
+
+def _allocate(hidden: torch.Tensor, head: torch.Tensor, bias: torch.Tensor | None, w: torch.Tensor,
+              has_ref: bool, wanted: _Wanted) -> _Stored:
+    n, dtype = hidden.shape[0], head.dtype
+    stored = _Stored()
+    if wanted.hidden:
+        stored.hidden_ce = hidden.new_zeros(n, head.shape[1], dtype=dtype)
+        stored.hidden_kl = hidden.new_zeros(n, head.shape[1], dtype=dtype) if has_ref else None
+    if wanted.head:
+        stored.head_wce, stored.head_nll, stored.head_wkl = _head_accumulators(head, w, has_ref)
+    if wanted.bias:
+        stored.bias_wce, stored.bias_nll, stored.bias_wkl = _head_accumulators(bias, w, has_ref)
+    if wanted.weights:
+        stored.row_nll = hidden.new_zeros(n, dtype=dtype)
+        stored.row_kl = hidden.new_zeros(n, dtype=dtype) if has_ref else None
+    return stored
+
+
+def _head_accumulators(param: torch.Tensor, w: torch.Tensor, has_ref: bool
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Σ w·CE and Σ CE have the same gradient when every weight is 1 (the common case): one V×d tensor."""
+    weighted = torch.zeros_like(param)
+    unweighted = weighted if bool((w == 1).all()) else torch.zeros_like(param)
+    return weighted, unweighted, torch.zeros_like(param) if has_ref else None
+
+
+def _store_chunk(stored: _Stored, rows: slice, h: torch.Tensor, w: torch.Tensor, head: torch.Tensor,
+                 nll: torch.Tensor, kl: torch.Tensor | None, d_ce: torch.Tensor | None,
+                 d_kl: torch.Tensor | None) -> None:
+    """Contract this chunk's logit gradients into the stored pieces while they are still alive."""
+    if stored.hidden_ce is not None:
+        torch.mm(d_ce, head, out=stored.hidden_ce[rows])
+        if d_kl is not None:
+            torch.mm(d_kl, head, out=stored.hidden_kl[rows])
+    if stored.row_nll is not None:
+        stored.row_nll[rows] = nll
+        if kl is not None:
+            stored.row_kl[rows] = kl
+    if stored.head_wce is not None:
+        weighted_h = h * w.unsqueeze(1)  # weighting the chunk's d columns is cheaper than its V columns
+        stored.head_wce.addmm_(d_ce.T, weighted_h)
+        if stored.head_nll is not stored.head_wce:
+            stored.head_nll.addmm_(d_ce.T, h)
+        if d_kl is not None:
+            stored.head_wkl.addmm_(d_kl.T, weighted_h)
+    if stored.bias_wce is not None:
+        stored.bias_wce.addmv_(d_ce.T, w)
+        if stored.bias_nll is not stored.bias_wce:
+            stored.bias_nll += d_ce.sum(0)
+        if d_kl is not None:
+            stored.bias_wkl.addmv_(d_kl.T, w)
+
+
+def _logits(h: torch.Tensor, head: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return torch.addmm(bias, h, head.T) if bias is not None else h @ head.T
+
+
+def _log_softmax_(logits: torch.Tensor) -> torch.Tensor:
+    """In place: no second chunk×V buffer for the normalised values."""
+    return logits.sub_(torch.logsumexp(logits, dim=1, keepdim=True))
+
+
+def _rowwise_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).reshape(-1)
+
+
+def _scale_rows(ce_part: torch.Tensor | None, ce_scale: torch.Tensor, kl_part: torch.Tensor | None,
+                kl_scale: torch.Tensor) -> torch.Tensor | None:
+    if ce_part is None:
+        return None
+    grad = ce_part * ce_scale.unsqueeze(1)
+    return grad.addcmul_(kl_part, kl_scale.unsqueeze(1)) if kl_part is not None else grad
+
+
+def _combine(wce: torch.Tensor | None, grad_ce: torch.Tensor, nll: torch.Tensor | None, grad_nll: torch.Tensor,
+             wkl: torch.Tensor | None, grad_kl: torch.Tensor) -> torch.Tensor | None:
+    """grad_ce·wce + grad_nll·nll + grad_kl·wkl over the pieces that exist."""
+    if wce is None:
+        return None
+    total = wce * grad_ce
+    if nll is not None:
+        total += nll * grad_nll
+    if wkl is not None:
+        total += wkl * grad_kl
+    return total
+
+
+def _cast(grad: torch.Tensor | None, dtype: torch.dtype | None) -> torch.Tensor | None:
+    return grad.to(dtype) if grad is not None else None
