@@ -13,7 +13,6 @@ not merely that the package imports. On a machine without CUDA everything still 
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
@@ -22,6 +21,7 @@ from typing import Any
 import torch
 
 from wuxia_lightning.console import add_verbose_argument, quiet_third_party
+from wuxia_lightning.io import strict_json
 
 GIB = 1024 ** 3
 # nf4 keeps 16 levels per block of 64 weights: the output of a random layer is off by ~10% (relative L2).
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --size must be a positive integer, got {args.size}", file=sys.stderr)
         return 2
     report = collect(run_benchmark=args.test, size=args.size)
-    print(json.dumps(report, indent=2) if args.json else format_table(report))
+    print(strict_json(report, indent=2) if args.json else format_table(report))
     return 0
 
 

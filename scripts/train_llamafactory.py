@@ -24,14 +24,14 @@ This is an APPROXIMATION of our pipeline, good for comparing results, not a re-i
     go on training the stage-1 adapter itself (rank 16), so stage 2 is exported un-quantised.
   * Serving needs both adapters: pass `adapter_name_or_path: <stage1>,<stage2>` to llamafactory-cli
     chat/export (it merges them in order), or use the `export` line printed at the end.
-Settings that LLaMA-Factory has (learning rate, epochs, batch, cutoff length) follow our shipped 7B
-configs and can be edited in the YAMLs.
+Settings that LLaMA-Factory has (learning rate, warmup steps, epochs, batch, cutoff length) follow our
+shipped 7B configs and can be edited in the YAMLs.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,11 +40,19 @@ from typing import Any
 import yaml
 
 from wuxia_lightning.errors import UserInputError, report_user_error
+from wuxia_lightning.io import strict_json
 
 PT_DATASET, SFT_DATASET = "wuxia_pt", "wuxia_sft"
 PT_FILE, SFT_FILE = f"{PT_DATASET}.jsonl", f"{SFT_DATASET}.jsonl"
 STAGE1_YAML, STAGE2_YAML = "stage1_pt.yaml", "stage2_sft.yaml"
 OUTPUT_FILES = ("dataset_info.json", PT_FILE, SFT_FILE, STAGE1_YAML, STAGE2_YAML)
+# Optimisation of our shipped 7B configs: effective batch 2 x 8 = 16 on one GPU, 3 epochs.
+BATCH_SIZE, GRADIENT_ACCUMULATION, EPOCHS, VAL_SIZE = 2, 8, 3, 0.05
+# warmup_steps, not warmup_ratio: transformers 5 removed warmup_ratio from TrainingArguments, and older
+# versions take an integer warmup_steps too (overwrite_output_dir went the same way, so it is not written).
+# The values are those of our configs.
+STAGE1_WARMUP_STEPS = 100  # configs/qwen2.5-7b_style_qlora.yaml
+STAGE2_WARMUP_STEPS = 50  # configs/qwen3-8b-base_instruct_qlora.yaml
 SHAREGPT_TAGS = {"role_tag": "role", "content_tag": "content", "user_tag": "user",
                  "assistant_tag": "assistant", "system_tag": "system"}
 HEADER = ("# Written by scripts/train_llamafactory.py from wuxia_lightning data and settings.\n"
@@ -114,7 +122,7 @@ def export(args: argparse.Namespace) -> dict[str, Any]:
     write_jsonl(out / SFT_FILE, [{"conversations": dialogue} for dialogue in kept])
     write_json(out / "dataset_info.json", dataset_info())
     write_yaml(out / STAGE1_YAML, stage1_config(args, out), PT_NOTE)
-    write_yaml(out / STAGE2_YAML, stage2_config(args, out), SFT_NOTE)
+    write_yaml(out / STAGE2_YAML, stage2_config(args, out, len(kept)), SFT_NOTE)
     return {"documents": len(documents), "dialogues": len(kept), "skipped": skipped}
 
 
@@ -162,13 +170,23 @@ def stage_dir(out: Path, stage: int) -> Path:
     return out / "saves" / ("stage1_pt" if stage == 1 else "stage2_sft")
 
 
-def common_train_settings(output_dir: Path) -> dict[str, Any]:
+def common_train_settings(output_dir: Path, warmup_steps: int) -> dict[str, Any]:
     """Output and optimisation settings shared by both stages (our 7B configs: effective batch 16)."""
     return {"output_dir": str(output_dir), "logging_steps": 10, "save_steps": 500, "plot_loss": True,
-            "overwrite_output_dir": True, "report_to": "none", "per_device_train_batch_size": 2,
-            "gradient_accumulation_steps": 8, "learning_rate": 1.0e-4, "num_train_epochs": 3.0,
-            "lr_scheduler_type": "cosine", "warmup_ratio": 0.05, "bf16": True, "max_grad_norm": 1.0,
-            "val_size": 0.05, "per_device_eval_batch_size": 2, "eval_strategy": "steps", "eval_steps": 500}
+            "report_to": "none", "per_device_train_batch_size": BATCH_SIZE,
+            "gradient_accumulation_steps": GRADIENT_ACCUMULATION, "learning_rate": 1.0e-4,
+            "num_train_epochs": float(EPOCHS), "lr_scheduler_type": "cosine", "warmup_steps": warmup_steps,
+            "bf16": True, "max_grad_norm": 1.0, "val_size": VAL_SIZE, "per_device_eval_batch_size": BATCH_SIZE,
+            "eval_strategy": "steps", "eval_steps": 500}
+
+
+def sft_warmup_steps(dialogues: int) -> int:
+    """Our stage-2 warmup, capped at half the optimizer steps (one GPU) as our trainer caps it: on a small
+    data set a longer warmup would end training before the learning rate reaches its peak. Stage 1 has no
+    such cap: LLaMA-Factory packs documents into blocks, so its step count is unknown before tokenising."""
+    train_examples = dialogues - math.ceil(dialogues * VAL_SIZE)
+    steps = math.ceil(train_examples / (BATCH_SIZE * GRADIENT_ACCUMULATION)) * EPOCHS
+    return min(STAGE2_WARMUP_STEPS, steps // 2)
 
 
 def stage1_config(args: argparse.Namespace, out: Path) -> dict[str, Any]:
@@ -181,10 +199,10 @@ def stage1_config(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     }
     if args.stage1_quantization == "4bit":  # nf4 with double quantisation, like our QLoRA config
         config.update({"quantization_bit": 4, "quantization_type": "nf4", "double_quantization": True})
-    return config | common_train_settings(stage_dir(out, 1))
+    return config | common_train_settings(stage_dir(out, 1), STAGE1_WARMUP_STEPS)
 
 
-def stage2_config(args: argparse.Namespace, out: Path) -> dict[str, Any]:
+def stage2_config(args: argparse.Namespace, out: Path, dialogues: int) -> dict[str, Any]:
     return {
         "model_name_or_path": args.model,
         "adapter_name_or_path": str(stage_dir(out, 1)),
@@ -193,17 +211,17 @@ def stage2_config(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         "lora_rank": 64, "lora_alpha": 128, "lora_dropout": 0.05, "lora_target": "all",
         "dataset_dir": str(out), "dataset": SFT_DATASET, "template": "qwen",
         "cutoff_len": args.sft_cutoff_len, "preprocessing_num_workers": 4,
-    } | common_train_settings(stage_dir(out, 2))
+    } | common_train_settings(stage_dir(out, 2), sft_warmup_steps(dialogues))
 
 
 def write_jsonl(path: Path, rows: Sequence[dict]) -> None:
     with open(path, "w", encoding="utf-8") as stream:
         for row in rows:
-            stream.write(json.dumps(row, ensure_ascii=False) + "\n")
+            stream.write(strict_json(row) + "\n")
 
 
 def write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    path.write_text(strict_json(data, indent=2) + "\n", encoding="utf-8")
 
 
 def write_yaml(path: Path, config: dict, note: str) -> None:

@@ -303,7 +303,31 @@ def test_download_model_mirror_sets_the_endpoint(tmp_path, monkeypatch, capsys):
 
 # --------------------------------------------------------------------------------- train_llamafactory
 
+# LLaMA-Factory's own arguments (model / data / finetuning), which its parser takes besides TrainingArguments.
+LLAMAFACTORY_ONLY_KEYS = {"model_name_or_path", "adapter_name_or_path", "create_new_adapter", "stage",
+                          "finetuning_type", "lora_rank", "lora_alpha", "lora_dropout", "lora_target",
+                          "dataset_dir", "dataset", "template", "cutoff_len", "preprocessing_num_workers",
+                          "quantization_bit", "quantization_type", "double_quantization", "plot_loss",
+                          "val_size"}
+LLAMAFACTORY_TRAINING_KEYS = ["output_dir", "logging_steps", "save_steps", "plot_loss", "report_to",
+                              "per_device_train_batch_size", "gradient_accumulation_steps", "learning_rate",
+                              "num_train_epochs", "lr_scheduler_type", "warmup_steps", "bf16", "max_grad_norm",
+                              "val_size", "per_device_eval_batch_size", "eval_strategy", "eval_steps"]
+LLAMAFACTORY_STAGE1_KEYS = ["model_name_or_path", "stage", "do_train", "finetuning_type", "lora_rank", "lora_alpha",
+                            "lora_dropout", "lora_target", "dataset_dir", "dataset", "template", "cutoff_len",
+                            "preprocessing_num_workers", "quantization_bit", "quantization_type",
+                            "double_quantization", *LLAMAFACTORY_TRAINING_KEYS]
+LLAMAFACTORY_STAGE2_KEYS = ["model_name_or_path", "adapter_name_or_path", "create_new_adapter", "stage", "do_train",
+                            "finetuning_type", "lora_rank", "lora_alpha", "lora_dropout", "lora_target",
+                            "dataset_dir", "dataset", "template", "cutoff_len", "preprocessing_num_workers",
+                            *LLAMAFACTORY_TRAINING_KEYS]
+
+
 def test_train_llamafactory_writes_parseable_dataset_info_and_yamls(tmp_path, capsys):
+    import inspect
+
+    from transformers import TrainingArguments
+
     from wuxia_lightning.data.chat_formats import load_conversations
     from wuxia_lightning.data.corpus import read_corpus
 
@@ -319,11 +343,12 @@ def test_train_llamafactory_writes_parseable_dataset_info_and_yamls(tmp_path, ca
     assert "skipped 1 dialogue" in capsys.readouterr().out
 
     info = json.loads((out / "dataset_info.json").read_text(encoding="utf-8"))
-    assert info["wuxia_pt"]["columns"] == {"prompt": "text"}
-    assert info["wuxia_sft"]["formatting"] == "sharegpt"
-    assert info["wuxia_sft"]["columns"] == {"messages": "conversations"}
-    assert info["wuxia_sft"]["tags"] == {"role_tag": "role", "content_tag": "content", "user_tag": "user",
-                                         "assistant_tag": "assistant", "system_tag": "system"}
+    assert info == {  # the whole schema LLaMA-Factory reads: a new or renamed field must show up here
+        "wuxia_pt": {"file_name": "wuxia_pt.jsonl", "columns": {"prompt": "text"}},
+        "wuxia_sft": {"file_name": "wuxia_sft.jsonl", "formatting": "sharegpt",
+                      "columns": {"messages": "conversations"},
+                      "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user",
+                               "assistant_tag": "assistant", "system_tag": "system"}}}
     documents = [json.loads(line) for line in (out / info["wuxia_pt"]["file_name"]).read_text("utf-8").splitlines()]
     expected_docs, _ = read_corpus(str(SAMPLE_STYLE), to_simplified=True)
     assert [d["text"] for d in documents] == [d.text for d in expected_docs]
@@ -344,6 +369,14 @@ def test_train_llamafactory_writes_parseable_dataset_info_and_yamls(tmp_path, ca
     assert stage2["adapter_name_or_path"] == stage1["output_dir"] and stage2["create_new_adapter"] is True
     assert "quantization_bit" not in stage2  # on a 4-bit base LLaMA-Factory would resume the style adapter
     assert Path(stage1["dataset_dir"]) == out.resolve()
+    assert list(stage1) == LLAMAFACTORY_STAGE1_KEYS and list(stage2) == LLAMAFACTORY_STAGE2_KEYS
+    assert stage1["warmup_steps"] == 100  # configs/qwen2.5-7b_style_qlora.yaml
+    assert stage2["warmup_steps"] == 3  # 50, capped at half of 3 epochs x ceil(28 / 16) steps
+    # What is not LLaMA-Factory's own goes to TrainingArguments of the transformers installed; a removed field
+    # (warmup_ratio, overwrite_output_dir in transformers 5) makes LLaMA-Factory's parser refuse the YAML.
+    fields = set(inspect.signature(TrainingArguments).parameters)
+    assert sorted((set(stage1) | set(stage2)) - LLAMAFACTORY_ONLY_KEYS - fields) == []
+    assert not LLAMAFACTORY_ONLY_KEYS & fields  # an exempt key that is a field after all must be checked
 
     assert train_llamafactory.main(argv) == 2  # never overwrites an earlier export silently
     assert "--overwrite" in one_error_line(capsys.readouterr().err)

@@ -118,8 +118,7 @@ class StyleEvaluation:
         return {"texts": texts, "scores": self.scorer.compute(), "rates": self.scorer.rates()}
 
     def _write(self, path: Path, prompts: list[str], styled: dict) -> None:
-        import json
-
+        from wuxia_lightning.io import strict_json
         from wuxia_lightning.metrics import FEATURE_NAMES
 
         report = {
@@ -130,4 +129,4 @@ class StyleEvaluation:
             "samples": [{"prompt": p, "base": b, "styled": s}
                         for p, b, s in zip(prompts, self.base["texts"], styled["texts"], strict=True)],
         }
-        path.write_text(json.dumps(report, ensure_ascii=False, indent=2), encoding="utf-8")
+        path.write_text(strict_json(report, indent=2), encoding="utf-8")

@@ -24,6 +24,7 @@ from pathlib import Path
 import lightning as L
 
 from wuxia_lightning.errors import UserInputError
+from wuxia_lightning.io import strict_json
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ class OutputLock:
         fd, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=f"{self.path.name}.")
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(self.owner, handle)
+                handle.write(strict_json(self.owner))
             os.chmod(temporary, 0o644)  # mkstemp makes 0600: others must be able to read who holds it
             os.link(temporary, self.path)
             return True

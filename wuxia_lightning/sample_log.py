@@ -6,7 +6,6 @@ For audits (was a window served twice after a resume?) and for the resume test. 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from wuxia_lightning.io import strict_json
 from wuxia_lightning.nonfinite import SAMPLE_ID_KEYS
 
 
@@ -43,4 +43,4 @@ class SampleIdLog(L.Callback):
         path = Path(self.path if trainer.global_rank == 0 else f"{self.path}.rank{trainer.global_rank}")
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps({"step": trainer.global_step, "samples": sample_ids(batch)}) + "\n")
+            handle.write(strict_json({"step": trainer.global_step, "samples": sample_ids(batch)}) + "\n")

@@ -191,6 +191,10 @@ def decode_file(path: Path) -> tuple[str, str]:
     for bom, name in _BOMS:
         if data.startswith(bom):
             return _strict(data[len(bom):], name.replace("-sig", ""), path), name
+    utf16 = _utf16_without_bom(data)
+    if utf16 is not None:
+        return _strict(data, utf16, path, "UTF-16 without a byte-order mark (NUL bytes in every other "
+                       "position)"), utf16
     try:
         return data.decode("utf-8"), "utf-8"
     except UnicodeDecodeError:
@@ -216,12 +220,24 @@ def _detect_and_decode(data: bytes, path: Path) -> tuple[str, str]:
                          f"({'; '.join(errors)}); save it as UTF-8", path=str(path))
 
 
-def _strict(data: bytes, encoding: str, path: Path) -> str:
+def _utf16_without_bom(data: bytes) -> str | None:
+    """'utf-16-le' / 'utf-16-be' when NUL bytes sit mostly on odd / even offsets: ASCII and line breaks
+    in UTF-16 carry a zero byte, which strict UTF-8 would accept and turn into NUL-riddled text."""
+    if b"\x00" not in data or len(data) % 2:
+        return None
+    even, odd = data[0::2].count(0), data[1::2].count(0)
+    if max(even, odd) < 0.1 * (len(data) // 2) or min(even, odd) * 4 > max(even, odd):
+        return None  # too few zeros, or zeros on both sides (binary, or UTF-32 without a BOM)
+    return "utf-16-be" if even > odd else "utf-16-le"
+
+
+def _strict(data: bytes, encoding: str, path: Path, why: str | None = None) -> str:
     try:
         return data.decode(encoding)
     except UnicodeDecodeError as exc:
-        raise UserInputError(f"has a {encoding} byte-order mark but byte {exc.start} is not valid "
-                             f"{encoding}", path=str(path)) from exc
+        reason = why or f"has a {encoding} byte-order mark"
+        raise UserInputError(f"{reason} but byte {exc.start} is not valid {encoding}; save it as UTF-8",
+                             path=str(path)) from exc
 
 
 @functools.lru_cache(maxsize=1)

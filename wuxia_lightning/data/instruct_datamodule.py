@@ -22,7 +22,7 @@ from wuxia_lightning.data.resumable import (
 )
 from wuxia_lightning.data.style_datamodule import collate_right_padded
 from wuxia_lightning.errors import UserInputError
-from wuxia_lightning.modeling.loading import load_tokenizer
+from wuxia_lightning.modeling.loading import check_max_length, load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +158,8 @@ class InstructDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if self.tokenizer is None:
+            check_max_length(self.hparams.model_name_or_path, self.hparams.max_length,
+                         self.hparams.tokenizer_name_or_path)
             self.tokenizer = load_tokenizer(self.hparams.model_name_or_path, self.hparams.tokenizer_name_or_path)
             ensure_chat_template(self.tokenizer)
         system = resolve_system_prompt(self.hparams.preset, self.hparams.presets_file)

@@ -17,8 +17,9 @@ from wuxia_lightning.data.masking import DynamicMasker, InfillTokens, MaskingCon
 from wuxia_lightning.data.resumable import EpochIndexSampler, ResumableDataLoader, TrainLoaderPositions
 from wuxia_lightning.data.token_cache import IngestSettings, TokenizedDocument, load_or_build_many
 from wuxia_lightning.data.windows import TokenStream, build_stream
+from wuxia_lightning.errors import UserInputError
 from wuxia_lightning.io import cache_root
-from wuxia_lightning.modeling.loading import load_tokenizer
+from wuxia_lightning.modeling.loading import check_max_length, load_tokenizer
 from wuxia_lightning.nonfinite import SAMPLE_ID_KEYS
 from wuxia_lightning.objectives.losses import IGNORE_INDEX
 
@@ -67,6 +68,15 @@ def collate_right_padded(samples: Sequence[dict], pad_id: int) -> dict[str, torc
         if all(key in sample for sample in samples):
             batch[key] = torch.tensor([sample[key] for sample in samples], dtype=torch.long)
     return batch
+
+
+def check_fills_a_window(stream: TokenStream, window: int, max_length: int, corpus: str | list[str]) -> None:
+    """A corpus shorter than one window trains on a single short sequence every step: almost certainly
+    the wrong folder or a truncated file, so say so instead of "training" on it."""
+    if len(stream.ids) < window:
+        raise UserInputError(f"the training part of the corpus has {len(stream.ids)} tokens, less than one "
+                             f"training window ({window} tokens at --data.max_length={max_length}); give more text or a smaller "
+                             "--data.max_length", path=str(corpus), field="corpus")
 
 
 class StyleDataModule(L.LightningDataModule):
@@ -121,6 +131,8 @@ class StyleDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.streams:
             return
+        check_max_length(self.hparams.model_name_or_path, self.hparams.max_length,
+                         self.hparams.tokenizer_name_or_path)
         self.tokenizer = load_tokenizer(self.hparams.model_name_or_path, self.hparams.tokenizer_name_or_path)
         window = self.masking.window_length(self.hparams.max_length)
         documents, reports = self._load(self.hparams.corpus)
@@ -130,6 +142,7 @@ class StyleDataModule(L.LightningDataModule):
         by_identity = {(d.document.source, d.document.index): d for d in documents}
         eos = self.tokenizer.convert_tokens_to_ids("<|endoftext|>")
         self.streams["train"] = build_stream([by_identity[(d.source, d.index)] for d in train_docs], eos, window)
+        check_fills_a_window(self.streams["train"], window, self.hparams.max_length, self.hparams.corpus)
         self.streams["val"] = build_stream([by_identity[(d.source, d.index)] for d in val_docs], eos, window)
         if self.hparams.general_corpus:
             general, _ = self._load(self.hparams.general_corpus)

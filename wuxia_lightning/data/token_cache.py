@@ -19,7 +19,7 @@ import numpy as np
 
 from wuxia_lightning.data.corpus import Document, FileReport, read_corpus
 from wuxia_lightning.data.function_words import function_word_spans
-from wuxia_lightning.io import atomic_write
+from wuxia_lightning.io import atomic_write, strict_json
 
 CACHE_VERSION = "1"
 
@@ -126,7 +126,7 @@ def _write_cache(stem: Path, documents: list[TokenizedDocument], report: FileRep
                           for d in documents], "report": report.__dict__}
     atomic_write(stem.with_suffix(".npz"), lambda path: np.savez(path, **arrays))
     atomic_write(stem.with_suffix(".json"),
-                 lambda path: path.write_text(json.dumps(meta, ensure_ascii=False), encoding="utf-8"))
+                 lambda path: path.write_text(strict_json(meta), encoding="utf-8"))
 
 
 def _read_cache(stem: Path) -> tuple[list[TokenizedDocument], FileReport]:

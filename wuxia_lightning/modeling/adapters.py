@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
-from wuxia_lightning.io import staged_directory
+from wuxia_lightning.io import staged_directory, strict_json
 
 ALL_LINEAR = "all-linear"
 
@@ -56,6 +55,5 @@ def save_adapter_atomically(peft_model, adapter_name: str, out_dir: str | Path, 
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
         if manifest is not None:
-            (staging / "wuxia_manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=2),
-                                                         encoding="utf-8")
+            (staging / "wuxia_manifest.json").write_text(strict_json(manifest, indent=2), encoding="utf-8")
     return out_dir

@@ -22,7 +22,7 @@ from typing import Literal
 import torch
 
 from wuxia_lightning.errors import UserInputError
-from wuxia_lightning.io import staged_directory
+from wuxia_lightning.io import staged_directory, strict_json
 from wuxia_lightning.modeling.stacking import INSTRUCT, STYLE, generation_config, read_manifest
 
 # The LoRA ranks vLLM's --max-lora-rank accepts; an adapter of any other rank must be padded up.
@@ -323,4 +323,4 @@ def save_serving_files(staging: Path, tokenizer, info: dict) -> None:
     """Tokenizer + chat template, a generation config that stops at <|im_end|>, and the export manifest."""
     tokenizer.save_pretrained(str(staging))
     generation_config(tokenizer).save_pretrained(str(staging))
-    (staging / EXPORT_MANIFEST).write_text(json.dumps(info, ensure_ascii=False, indent=2), encoding="utf-8")
+    (staging / EXPORT_MANIFEST).write_text(strict_json(info, indent=2), encoding="utf-8")

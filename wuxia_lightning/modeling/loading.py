@@ -7,6 +7,7 @@ from typing import Literal
 
 import torch
 
+from wuxia_lightning.errors import UserInputError
 from wuxia_lightning.modeling.tiny import resolve_model_path
 
 Precision = Literal["float32", "bfloat16", "float16"]
@@ -136,3 +137,20 @@ def _quantized_device_map() -> dict[str, int | str]:
     if torch.cuda.is_available():
         return {"": int(os.environ.get("LOCAL_RANK", 0))}
     return {"": "cpu"}
+
+
+def check_max_length(model_name_or_path: str, max_length: int, tokenizer_name_or_path: str | None = None, *,
+                     field: str = "max_length", trust_remote_code: bool = False) -> None:
+    """``max_length`` beyond the model's ``max_position_embeddings`` trains on positions the model never
+    saw (or crashes mid-run); refuse it up front. A config that cannot be read is left to model loading."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(resolve_model_path(model_name_or_path, tokenizer_name_or_path),
+                                            trust_remote_code=trust_remote_code)
+    except (OSError, ValueError):
+        return
+    context = getattr(config, "max_position_embeddings", None)
+    if isinstance(context, int) and max_length > context:
+        raise UserInputError(f"--data.{field}={max_length} is larger than the context of "
+                             f"'{model_name_or_path}' (max_position_embeddings={context})", field=field)

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from wuxia_lightning.errors import UserInputError
-from wuxia_lightning.io import staged_directory
+from wuxia_lightning.io import staged_directory, strict_json
 from wuxia_lightning.modeling.loading import Precision, Quantization, load_base_model, load_saved_tokenizer
 
 STYLE, INSTRUCT = "style", "instruct"
@@ -25,7 +25,32 @@ def read_manifest(folder: str | Path) -> dict:
     path = Path(folder) / MANIFEST
     if not path.exists():
         raise UserInputError(f"no {MANIFEST}: not a wuxia_lightning output folder", path=str(folder))
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        line = getattr(exc, "lineno", None)
+        raise UserInputError(f"not valid JSON ({getattr(exc, 'msg', exc)}); was it edited by hand?",
+                             path=str(path), line=line) from exc
+    _check_manifest(manifest, folder, path)
+    return manifest
+
+
+def _check_manifest(manifest: object, folder: Path | str, path: Path) -> None:
+    """A hand-edited manifest fails here, naming the field, not later as a KeyError inside loading."""
+    if not isinstance(manifest, dict):
+        raise UserInputError(f"must be a JSON object, got {type(manifest).__name__}", path=str(path))
+    if not isinstance(manifest.get("base_model"), str) or not manifest["base_model"]:
+        raise UserInputError("missing or not a non-empty string (the base model name)", path=str(path),
+                             field="base_model")
+    adapters = manifest.get("adapters")
+    if not (isinstance(adapters, list) and adapters and all(isinstance(a, str) and a for a in adapters)):
+        raise UserInputError('missing or not a non-empty list of adapter names (e.g. ["style", "instruct"])',
+                             path=str(path), field="adapters")
+    stage_one = adapters == [STYLE] and (Path(folder) / "adapter_config.json").exists()
+    for name in [] if stage_one else adapters:
+        if not (Path(folder) / name / "adapter_config.json").exists():
+            raise UserInputError(f"lists adapter '{name}' but {Path(folder) / name} is not an adapter folder "
+                                 "(no adapter_config.json)", path=str(path), field="adapters")
 
 
 def attach_style(base: torch.nn.Module, style_dir: str | Path, trainable: bool = False):
@@ -36,7 +61,43 @@ def attach_style(base: torch.nn.Module, style_dir: str | Path, trainable: bool =
     if not (style_dir / "adapter_config.json").exists():
         raise UserInputError("not a peft adapter folder (no adapter_config.json); pass a stage-1 "
                              "--model.output_dir as --model.style_adapter", path=str(style_dir))
+    check_same_base(base, style_dir)
     return PeftModel.from_pretrained(base, str(style_dir), adapter_name=STYLE, is_trainable=trainable)
+
+
+def check_same_base(base: torch.nn.Module, adapter_dir: Path) -> None:
+    """An adapter trained on another base loads without complaint when shapes happen to match (or fails
+    deep inside peft when they do not); name both models instead."""
+    config_path = adapter_dir / "adapter_config.json"
+    try:
+        trained_on = json.loads(config_path.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as exc:
+        raise UserInputError(f"unreadable adapter config: {exc}", path=str(config_path)) from exc
+    given = getattr(getattr(base, "config", None), "_name_or_path", None)
+    if not trained_on or not given or _same_model(trained_on, given):
+        return
+    named = _manifest_base(adapter_dir)  # the name the user typed in stage 1, e.g. 'tiny-qwen2'
+    trained_label = f"'{named}' ({trained_on})" if named and named != trained_on else f"'{trained_on}'"
+    raise UserInputError(f"the style adapter was trained on base model {trained_label} but the base model given "
+                         f"is '{given}' (--model.model_name_or_path); use the adapter's base model",
+                         path=str(config_path), field="base_model_name_or_path")
+
+
+def _manifest_base(folder: Path) -> str | None:
+    """The manifest's "base_model", for the message only: a missing or broken manifest is no error here."""
+    try:
+        named = json.loads((folder / MANIFEST).read_text(encoding="utf-8")).get("base_model")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return None
+    return named if isinstance(named, str) else None
+
+
+def _same_model(a: str, b: str) -> bool:
+    """Same folder, or same final name: a local copy of a hub model ('/models/Qwen2.5-7B' vs
+    'Qwen/Qwen2.5-7B') counts as the same. Tiny models resolve to cache folders named by arch + tokenizer."""
+    if Path(a).exists() and Path(b).exists():
+        return Path(a).resolve() == Path(b).resolve()
+    return Path(a.rstrip("/")).name.lower() == Path(b.rstrip("/")).name.lower()
 
 
 def activate(peft_model, adapters: list[str]) -> None:
@@ -52,7 +113,7 @@ def save_stacked(peft_model, out_dir: str | Path, tokenizer, manifest: dict) -> 
         peft_model.save_pretrained(str(staging), selected_adapters=manifest["adapters"])
         tokenizer.save_pretrained(str(staging))
         generation_config(tokenizer).save_pretrained(str(staging))
-        (staging / MANIFEST).write_text(json.dumps(manifest, ensure_ascii=False, indent=2, default=str),
+        (staging / MANIFEST).write_text(strict_json(manifest, indent=2, default=str),
                                         encoding="utf-8")
         for extra in ("predictions.jsonl", "summary.json"):  # keep earlier predictions that live in the folder
             if (out_dir / extra).exists():
