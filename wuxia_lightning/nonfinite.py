@@ -107,16 +107,25 @@ def assert_finite_parameters(module: torch.nn.Module, what: str = "adapter") -> 
                                      + (f" and {len(bad) - 3} more" if len(bad) > 3 else ""))
 
 
+def sample_ids(batch) -> dict[str, list[list[int]]]:
+    """{section: [[epoch, index], …]} for the batch itself ("") and nested sections (stage 2's chat /
+    replay) that carry "epoch" and "index"."""
+    if not isinstance(batch, Mapping):
+        return {}
+    sections = [("", batch)] + [(key, value) for key, value in batch.items() if isinstance(value, Mapping)]
+    found = {}
+    for name, section in sections:
+        if all(key in section for key in SAMPLE_ID_KEYS):
+            epochs, indices = (torch.as_tensor(section[key]).flatten().tolist() for key in SAMPLE_ID_KEYS)
+            found[name] = [[e, i] for e, i in zip(epochs, indices, strict=True)]
+    return found
+
+
 def describe_batch(batch, batch_idx: int) -> str:
     """``batch_idx N`` plus the samples' (epoch, index) pairs where the batch carries them (also inside
     nested sections such as stage 2's ``chat`` / ``replay``)."""
     parts = [f"batch_idx {batch_idx}"]
-    sections = [("", batch)] if isinstance(batch, Mapping) else []
-    if isinstance(batch, Mapping):
-        sections += [(f"{key} ", value) for key, value in batch.items() if isinstance(value, Mapping)]
-    for prefix, section in sections:
-        if all(key in section for key in SAMPLE_ID_KEYS):
-            epochs, indices = (torch.as_tensor(section[key]).flatten().tolist() for key in SAMPLE_ID_KEYS)
-            pairs = ", ".join(f"({e}, {i})" for e, i in zip(epochs, indices, strict=True))
-            parts.append(f"{prefix}samples (epoch, index) {pairs}")
+    for name, pairs in sample_ids(batch).items():
+        prefix = f"{name} " if name else ""
+        parts.append(f"{prefix}samples (epoch, index) " + ", ".join(f"({e}, {i})" for e, i in pairs))
     return " ".join(parts)

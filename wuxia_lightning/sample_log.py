@@ -6,29 +6,13 @@ For audits (was a window served twice after a resume?) and for the resume test. 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 
 from wuxia_lightning.io import strict_json
-from wuxia_lightning.nonfinite import SAMPLE_ID_KEYS
-
-
-def sample_ids(batch: Any) -> dict[str, list[list[int]]]:
-    """{section: [[epoch, index], …]} for the batch itself ("") and nested sections (stage 2's chat /
-    replay) that carry "epoch" and "index"."""
-    if not isinstance(batch, Mapping):
-        return {}
-    sections = [("", batch)] + [(key, value) for key, value in batch.items() if isinstance(value, Mapping)]
-    found = {}
-    for name, section in sections:
-        if all(key in section for key in SAMPLE_ID_KEYS):
-            epochs, indices = (torch.as_tensor(section[key]).flatten().tolist() for key in SAMPLE_ID_KEYS)
-            found[name] = [[e, i] for e, i in zip(epochs, indices, strict=True)]
-    return found
+from wuxia_lightning.nonfinite import sample_ids
 
 
 class SampleIdLog(L.Callback):

@@ -15,6 +15,7 @@ from wuxia_lightning.modeling.loading import load_tokenizer
 from wuxia_lightning.nonfinite import NonFiniteGuard, assert_finite_parameters
 from wuxia_lightning.objectives.losses import TokenLossSums, chunked_ce_kl, select_loss_positions
 from wuxia_lightning.output_lock import OutputFolderLock
+from wuxia_lightning.progress import batch_tokens
 from wuxia_lightning.rng_state import RngStateCheckpoint
 
 # Used when a subclass has no ``max_bad_steps`` hyper-parameter (yet).
@@ -66,7 +67,7 @@ class AdapterModule(L.LightningModule):
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         elapsed = time.perf_counter() - self._batch_started
-        tokens = batch.get("chat", batch)["attention_mask"].sum().item()  # stage 2 with replay: chat tokens
+        tokens = batch_tokens(batch)  # stage 2 with replay: chat tokens
         self.log("train/tokens_per_s", tokens / max(elapsed, 1e-9), on_step=True, prog_bar=True)
 
     def on_fit_start(self) -> None:

@@ -101,7 +101,7 @@ class InstructModule(AdapterModule):
                                               dtype=hp.dtype, quantization=hp.quantization,
                                               style_scale=hp.style_scale, instruct_scale=hp.instruct_scale,
                                               trust_remote_code=hp.trust_remote_code)
-            self.adapters = read_manifest(hp.output_dir)["adapters"]
+            self.adapters = self.training_adapters = read_manifest(hp.output_dir)["adapters"]
             return
         if not hp.style_adapter:
             raise ValueError("--model.style_adapter is required: a stage-1 output folder")
@@ -220,7 +220,7 @@ class InstructModule(AdapterModule):
         """Generate one reply per conversation; update the stop-rate and style metrics."""
         settings = GenerationSettings(self.hparams.max_new_tokens, self.hparams.do_sample,
                                       self.hparams.temperature, self.hparams.top_p)
-        serving_differs = getattr(self, "training_adapters", self.adapters) != self.adapters
+        serving_differs = self.training_adapters != self.adapters
         if serving_differs:  # composed: replies come from both adapters, as the saved folder serves them
             self._activate(self.adapters)
         try:
