@@ -10,8 +10,6 @@ import pytest
 from conftest import QWEN_TOKENIZER, SHARED
 
 from wuxia_lightning.data.chat_encoding import (
-    CHATML_TEMPLATE,
-    IGNORE_INDEX,
     ChatTemplateError,
     encode_dialogue,
     encode_dialogues,
@@ -20,6 +18,7 @@ from wuxia_lightning.data.chat_encoding import (
 from wuxia_lightning.data.chat_formats import detect_format, load_conversations
 from wuxia_lightning.data.presets import load_presets, resolve_system_prompt
 from wuxia_lightning.errors import UserInputError
+from wuxia_lightning.tokens import CHATML_TEMPLATE, IGNORE_INDEX
 
 TOKENIZER_DIR = QWEN_TOKENIZER
 REAL_DATA = SHARED / "data" / "instruct" / "alpaca_zh_hikariming.jsonl"

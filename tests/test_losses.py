@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from wuxia_lightning.objectives.losses import IGNORE_INDEX, chunked_ce_kl, select_loss_positions
+from wuxia_lightning.objectives.losses import chunked_ce_kl, select_loss_positions
+from wuxia_lightning.tokens import IGNORE_INDEX
 
 
 def naive_sums(hidden, ref_hidden, head_weight, targets, weights):

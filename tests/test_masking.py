@@ -20,7 +20,7 @@ from wuxia_lightning.data.masking import (
 from wuxia_lightning.data.style_datamodule import EpochIndexSampler, MaskedWindowDataset
 from wuxia_lightning.data.token_cache import tokenize_document
 from wuxia_lightning.data.windows import build_stream
-from wuxia_lightning.objectives.losses import IGNORE_INDEX
+from wuxia_lightning.tokens import IGNORE_INDEX
 
 MAX_LENGTH = 64
 

@@ -105,10 +105,11 @@ def test_tokenizer_without_fim_tokens_gets_sentinels_whose_rows_the_adapter_trai
     exactly those new rows, and the saved style folder restores the trained rows."""
     from conftest import SAMPLE_TEXT
 
-    from wuxia_lightning.data.masking import FIM_TOKENS, DynamicMasker, InfillTokens, MaskingConfig
+    from wuxia_lightning.data.masking import DynamicMasker, InfillTokens, MaskingConfig
     from wuxia_lightning.modeling.loading import load_tokenizer
     from wuxia_lightning.modeling.stacking import load_stacked
-    from wuxia_lightning.modeling.tiny import QWEN_SPECIAL_TOKENS, make_tiny_model, train_bpe_tokenizer
+    from wuxia_lightning.modeling.tiny import make_tiny_model, train_bpe_tokenizer
+    from wuxia_lightning.tokens import FIM_TOKENS, QWEN_SPECIAL_TOKENS
 
     plain = train_bpe_tokenizer([SAMPLE_TEXT] * 4, vocab_size=320, special_tokens=QWEN_SPECIAL_TOKENS[:3])
     plain.save_pretrained(tmp_path / "tok")

@@ -55,7 +55,8 @@ def test_make_tiny_model_never_overwrites(tmp_path, tiny_model_dir):
 
 
 def test_char_tokenizer_never_splits_a_character_and_knows_qwen_tokens():
-    from wuxia_lightning.modeling.tiny import QWEN_SPECIAL_TOKENS, train_char_tokenizer
+    from wuxia_lightning.modeling.tiny import train_char_tokenizer
+    from wuxia_lightning.tokens import QWEN_SPECIAL_TOKENS
 
     text = "剑光一闪，那人已然倒地。He said: 好!\n第二行"
     tokenizer = train_char_tokenizer([text, text], min_count=2)

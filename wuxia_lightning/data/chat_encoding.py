@@ -22,19 +22,7 @@ from dataclasses import asdict, dataclass
 
 from wuxia_lightning.data.chat_formats import Message
 from wuxia_lightning.errors import UserInputError
-
-IGNORE_INDEX = -100
-IM_START = "<|im_start|>"
-IM_END = "<|im_end|>"
-
-CHATML_TEMPLATE = (
-    "{%- for message in messages %}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}"
-    "{{- '<|im_start|>assistant\\n' }}"
-    "{%- endif %}"
-)
+from wuxia_lightning.tokens import CHATML_TEMPLATE, IGNORE_INDEX, IM_END, IM_START
 
 
 class ChatTemplateError(UserInputError):

@@ -21,10 +21,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from wuxia_lightning.errors import UserInputError
-from wuxia_lightning.objectives.losses import IGNORE_INDEX
+from wuxia_lightning.tokens import FIM_TOKENS, IGNORE_INDEX
 
 MODES: tuple[str, ...] = ("span", "function_word", "none")
-FIM_TOKENS = ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>", "<|fim_pad|>")
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from wuxia_lightning.errors import UserInputError
 from wuxia_lightning.io import cache_root
 from wuxia_lightning.modeling.loading import check_max_length, load_tokenizer
 from wuxia_lightning.nonfinite import SAMPLE_ID_KEYS
-from wuxia_lightning.objectives.losses import IGNORE_INDEX
+from wuxia_lightning.tokens import END_OF_TEXT, IGNORE_INDEX
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ class StyleDataModule(L.LightningDataModule):
                                                self.hparams.seed)
         self.split_documents = {"train": train_docs, "val": val_docs}
         by_identity = {(d.document.source, d.document.index): d for d in documents}
-        eos = self.tokenizer.convert_tokens_to_ids("<|endoftext|>")
+        eos = self.tokenizer.convert_tokens_to_ids(END_OF_TEXT)
         self.streams["train"] = build_stream([by_identity[(d.source, d.index)] for d in train_docs], eos, window)
         check_fills_a_window(self.streams["train"], window, self.hparams.max_length, self.hparams.corpus)
         self.streams["val"] = build_stream([by_identity[(d.source, d.index)] for d in val_docs], eos, window)

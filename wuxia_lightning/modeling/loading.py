@@ -9,6 +9,7 @@ import torch
 
 from wuxia_lightning.errors import UserInputError
 from wuxia_lightning.modeling.tiny import resolve_model_path
+from wuxia_lightning.tokens import FIM_TOKENS
 
 Precision = Literal["float32", "bfloat16", "float16"]
 Quantization = Literal["none", "4bit"]
@@ -35,8 +36,6 @@ def ensure_infill_tokens(tokenizer) -> list[int]:
 
     Always the same tokens in the same order, so every process that loads the tokenizer gets the same ids.
     """
-    from wuxia_lightning.data.masking import FIM_TOKENS
-
     vocabulary = tokenizer.get_vocab()
     missing = [token for token in FIM_TOKENS if token not in vocabulary]
     if missing:

@@ -16,6 +16,7 @@ import torch
 from wuxia_lightning.errors import UserInputError
 from wuxia_lightning.io import staged_directory, strict_json
 from wuxia_lightning.modeling.loading import Precision, Quantization, load_base_model, load_saved_tokenizer
+from wuxia_lightning.tokens import STOP_TOKENS
 
 STYLE, INSTRUCT = "style", "instruct"
 MANIFEST = "wuxia_manifest.json"
@@ -137,7 +138,7 @@ def stop_token_ids(tokenizer) -> list[int]:
     <|endoftext|> as their unk token, so comparing with the unk id would drop a real stop token.
     """
     ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-    for token in ("<|im_end|>", "<|endoftext|>"):
+    for token in STOP_TOKENS:
         token_id = tokenizer.convert_tokens_to_ids(token)
         if token_id is not None and tokenizer.convert_ids_to_tokens(token_id) == token:
             ids.add(token_id)

@@ -15,12 +15,8 @@ from pathlib import Path
 import torch
 
 from wuxia_lightning.io import cache_root, staged_directory
+from wuxia_lightning.tokens import CHATML_TEMPLATE, END_OF_TEXT, QWEN_SPECIAL_TOKENS
 
-# Qwen's special tokens, in Qwen's id order, so the trained tokenizer mirrors the real one's layout.
-QWEN_SPECIAL_TOKENS: tuple[str, ...] = (
-    "<|endoftext|>", "<|im_start|>", "<|im_end|>",
-    "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>",
-)
 ARCHITECTURES = ("qwen2", "qwen3")
 TINY_PREFIX = "tiny-"
 DEFAULT_PRETRAIN_STEPS = 150
@@ -32,8 +28,6 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 4000,
     """A byte-level BPE tokenizer with Qwen's special tokens and a ChatML chat template."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
-
-    from wuxia_lightning.data.chat_encoding import CHATML_TEMPLATE
 
     backend = Tokenizer(models.BPE())
     # Byte level without the GPT-2 regex, like Qwen: Chinese has no spaces to split on anyway.
@@ -74,10 +68,10 @@ def tiny_config(arch: str, tokenizer, hidden_size: int = 64, layers: int = 2):
         vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=hidden_size * 3,
         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
         max_position_embeddings=4096, tie_word_embeddings=True,
-        bos_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+        bos_token_id=tokenizer.convert_tokens_to_ids(END_OF_TEXT),
         # A base model's config ends text with <|endoftext|>, exactly like Qwen2.5 base (the pitfall).
-        eos_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
-        pad_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+        eos_token_id=tokenizer.convert_tokens_to_ids(END_OF_TEXT),
+        pad_token_id=tokenizer.convert_tokens_to_ids(END_OF_TEXT),
     )
     if arch == "qwen2":
         return Qwen2Config(**common)
@@ -116,7 +110,7 @@ def make_tiny_model(out_dir: str | Path, arch: str = "qwen2", tokenizer_path: st
 def pretrain(model, tokenizer, texts: Sequence[str], steps: int, length: int = 128, batch_size: int = 8,
              learning_rate: float = 3e-3) -> list[float]:
     """Full-parameter causal-LM training on random windows of ``texts``; returns the loss per step."""
-    eos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    eos = tokenizer.convert_tokens_to_ids(END_OF_TEXT)
     ids = torch.tensor([t for text in texts for t in tokenizer(text)["input_ids"] + [eos]], dtype=torch.long)
     generator = torch.Generator().manual_seed(0)
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate)
@@ -183,8 +177,6 @@ def train_char_tokenizer(texts: Iterable[str], min_count: int = 2,
 
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
-
-    from wuxia_lightning.data.chat_encoding import CHATML_TEMPLATE
 
     counts: Counter[str] = Counter()
     for text in texts:

@@ -18,8 +18,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from wuxia_lightning.objectives.fused_loss import fused_ce_kl
-
-IGNORE_INDEX = -100
+from wuxia_lightning.tokens import IGNORE_INDEX
 
 
 @dataclass
