@@ -16,7 +16,7 @@ from wuxia_lightning.data.corpus import resolve_sources
 from wuxia_lightning.data.masking import DynamicMasker, InfillTokens, MaskingConfig
 from wuxia_lightning.data.token_cache import IngestSettings, load_or_build_many
 from wuxia_lightning.data.windows import build_stream
-from wuxia_lightning.modeling.loading import load_tokenizer
+from wuxia_lightning.pretrained.tokenizer import load_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_NOVEL = REPO.parent / "shared" / "data" / "style" / "sanxia_wuyi.txt"

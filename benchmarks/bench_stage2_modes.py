@@ -19,9 +19,10 @@ from pathlib import Path
 
 import torch
 
-from wuxia_lightning.data.style_datamodule import MaskedWindowDataset, StyleDataModule, collate_right_padded
+from wuxia_lightning.data.collate import collate_right_padded
+from wuxia_lightning.data.style_datamodule import MaskedWindowDataset, StyleDataModule
 from wuxia_lightning.modeling.stacking import load_stacked
-from wuxia_lightning.objectives.losses import chunked_ce_kl, select_loss_positions
+from wuxia_lightning.objectives.causal_lm import token_loss_sums
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,10 +41,7 @@ def style_perplexity(folder: Path, data: StyleDataModule) -> float:
     for start in range(0, len(dataset), 4):
         batch = collate_right_padded([dataset[i] for i in range(start, min(start + 4, len(dataset)))],
                                      tokenizer.pad_token_id)
-        hidden = model.get_base_model().get_decoder()(input_ids=batch["input_ids"],
-                                                      attention_mask=batch["attention_mask"]).last_hidden_state
-        selected, targets, weights, _ = select_loss_positions(hidden, batch["labels"])
-        sums = chunked_ce_kl(selected, targets, weights, model.get_base_model().get_output_embeddings())
+        sums = token_loss_sums(model.get_base_model(), batch)
         nll, tokens = nll + sums.nll.item(), tokens + int(sums.tokens)
     return math.exp(nll / tokens)
 

@@ -83,13 +83,13 @@ def list_presets(presets_file: str | None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from wuxia_lightning.data.presets import resolve_system_prompt
-    from wuxia_lightning.modeling.stacking import read_manifest
+    from wuxia_lightning.modeling.stacking import is_style_only, read_manifest
 
     if not args.model:
         raise UserInputError("--model is required (a stacked stage-2 folder or a stage-1 adapter folder)")
     settings = generation_settings(args)
     manifest = read_manifest(args.model)
-    continuation = is_stage1(manifest)
+    continuation = is_style_only(manifest)
     preset, presets_file, source = choose_preset(args, manifest)
     # Resolve the preset before the (slow) model load so a typo fails at once.
     system = None if continuation else resolve_system_prompt(preset, presets_file)
@@ -119,10 +119,6 @@ def generation_settings(args: argparse.Namespace):
                               repetition_penalty=args.repetition_penalty)
 
 
-def is_stage1(manifest: dict) -> bool:
-    return manifest.get("stage") == "style" or manifest.get("adapters") == ["style"]
-
-
 def load(args: argparse.Namespace, manifest: dict):
     """(model, tokenizer) with every adapter of the folder active, on the best device."""
     import torch
@@ -133,23 +129,12 @@ def load(args: argparse.Namespace, manifest: dict):
     dtype = args.dtype
     if dtype == "auto":
         dtype = "bfloat16" if cuda and torch.cuda.is_bf16_supported() else "float32"
-    base = args.base or manifest.get("base_model")
-    try:
-        model, tokenizer = load_stacked(args.model, model_name_or_path=args.base, dtype=dtype,
-                                        quantization=args.quantization, style_scale=args.style_scale,
-                                        instruct_scale=args.instruct_scale,
-                                        trust_remote_code=args.trust_remote_code)
-    except OSError as error:  # a missing / unreachable base model is the user's to fix
-        raise UserInputError(f"cannot load the base model {base!r}: {first_line(error)}; pass --base with a "
-                             f"local copy of it", path=args.model) from error
+    model, tokenizer = load_stacked(args.model, model_name_or_path=args.base, dtype=dtype,
+                                    quantization=args.quantization, style_scale=args.style_scale,
+                                    instruct_scale=args.instruct_scale, trust_remote_code=args.trust_remote_code)
     if cuda and args.quantization == "none":  # 4-bit models are already placed by their device_map
         model.to("cuda")
     return model, tokenizer
-
-
-def first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def choose_preset(args: argparse.Namespace, manifest: dict) -> tuple[str | None, str | None, str]:

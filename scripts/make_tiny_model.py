@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 
 from wuxia_lightning.console import add_verbose_argument, quiet_third_party
-from wuxia_lightning.modeling.tiny import ARCHITECTURES, make_tiny_model
+from wuxia_lightning.pretrained.tiny import ARCHITECTURES, make_tiny_model
 
 
 def main() -> None:

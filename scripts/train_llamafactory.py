@@ -34,6 +34,7 @@ import argparse
 import math
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,13 +47,11 @@ PT_DATASET, SFT_DATASET = "wuxia_pt", "wuxia_sft"
 PT_FILE, SFT_FILE = f"{PT_DATASET}.jsonl", f"{SFT_DATASET}.jsonl"
 STAGE1_YAML, STAGE2_YAML = "stage1_pt.yaml", "stage2_sft.yaml"
 OUTPUT_FILES = ("dataset_info.json", PT_FILE, SFT_FILE, STAGE1_YAML, STAGE2_YAML)
-# Optimisation of our shipped 7B configs: effective batch 2 x 8 = 16 on one GPU, 3 epochs.
-BATCH_SIZE, GRADIENT_ACCUMULATION, EPOCHS, VAL_SIZE = 2, 8, 3, 0.05
-# warmup_steps, not warmup_ratio: transformers 5 removed warmup_ratio from TrainingArguments, and older
-# versions take an integer warmup_steps too (overwrite_output_dir went the same way, so it is not written).
-# The values are those of our configs.
-STAGE1_WARMUP_STEPS = 100  # configs/qwen2.5-7b_style_qlora.yaml
-STAGE2_WARMUP_STEPS = 50  # configs/qwen3-8b-base_instruct_qlora.yaml
+VAL_SIZE = 0.05
+# LoRA and optimisation settings are read from our shipped configs, so the comparison trains what we train.
+REPO = Path(__file__).resolve().parents[1]
+STAGE1_CONFIG = REPO / "configs" / "qwen2.5-7b_style_qlora.yaml"
+STAGE2_CONFIG = REPO / "configs" / "qwen3-8b-base_instruct_qlora.yaml"
 SHAREGPT_TAGS = {"role_tag": "role", "content_tag": "content", "user_tag": "user",
                  "assistant_tag": "assistant", "system_tag": "system"}
 HEADER = ("# Written by scripts/train_llamafactory.py from wuxia_lightning data and settings.\n"
@@ -170,48 +169,79 @@ def stage_dir(out: Path, stage: int) -> Path:
     return out / "saves" / ("stage1_pt" if stage == 1 else "stage2_sft")
 
 
-def common_train_settings(output_dir: Path, warmup_steps: int) -> dict[str, Any]:
-    """Output and optimisation settings shared by both stages (our 7B configs: effective batch 16)."""
+@dataclass(frozen=True)
+class Recipe:
+    """What one of our LightningCLI configs trains with, in the terms LLaMA-Factory needs."""
+
+    lora_r: int
+    lora_alpha: int
+    lora_dropout: float
+    learning_rate: float
+    warmup_steps: int
+    batch_size: int
+    accumulation: int
+    epochs: int
+
+    @classmethod
+    def from_config(cls, path: Path) -> Recipe:
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+        model, data, trainer = config["model"]["init_args"], config["data"]["init_args"], config["trainer"]
+        return cls(model["lora_r"], model["lora_alpha"], model["lora_dropout"], model["learning_rate"],
+                   model["warmup_steps"], data["batch_size"], trainer.get("accumulate_grad_batches", 1),
+                   trainer["max_epochs"])
+
+
+def common_train_settings(output_dir: Path, recipe: Recipe, warmup_steps: int) -> dict[str, Any]:
+    """Output and optimisation settings of one stage, as our config for it sets them.
+
+    warmup_steps, not warmup_ratio: transformers 5 removed warmup_ratio from TrainingArguments, and older
+    versions take an integer warmup_steps too (overwrite_output_dir went the same way, so it is not written).
+    """
     return {"output_dir": str(output_dir), "logging_steps": 10, "save_steps": 500, "plot_loss": True,
-            "report_to": "none", "per_device_train_batch_size": BATCH_SIZE,
-            "gradient_accumulation_steps": GRADIENT_ACCUMULATION, "learning_rate": 1.0e-4,
-            "num_train_epochs": float(EPOCHS), "lr_scheduler_type": "cosine", "warmup_steps": warmup_steps,
-            "bf16": True, "max_grad_norm": 1.0, "val_size": VAL_SIZE, "per_device_eval_batch_size": BATCH_SIZE,
-            "eval_strategy": "steps", "eval_steps": 500}
+            "report_to": "none", "per_device_train_batch_size": recipe.batch_size,
+            "gradient_accumulation_steps": recipe.accumulation, "learning_rate": recipe.learning_rate,
+            "num_train_epochs": float(recipe.epochs), "lr_scheduler_type": "cosine", "warmup_steps": warmup_steps,
+            "bf16": True, "max_grad_norm": 1.0, "val_size": VAL_SIZE,
+            "per_device_eval_batch_size": recipe.batch_size, "eval_strategy": "steps", "eval_steps": 500}
 
 
-def sft_warmup_steps(dialogues: int) -> int:
+def lora_settings(recipe: Recipe) -> dict[str, Any]:
+    return {"lora_rank": recipe.lora_r, "lora_alpha": recipe.lora_alpha, "lora_dropout": recipe.lora_dropout,
+            "lora_target": "all"}
+
+
+def sft_warmup_steps(dialogues: int, recipe: Recipe) -> int:
     """Our stage-2 warmup, capped at half the optimizer steps (one GPU) as our trainer caps it: on a small
     data set a longer warmup would end training before the learning rate reaches its peak. Stage 1 has no
     such cap: LLaMA-Factory packs documents into blocks, so its step count is unknown before tokenising."""
     train_examples = dialogues - math.ceil(dialogues * VAL_SIZE)
-    steps = math.ceil(train_examples / (BATCH_SIZE * GRADIENT_ACCUMULATION)) * EPOCHS
-    return min(STAGE2_WARMUP_STEPS, steps // 2)
+    steps = math.ceil(train_examples / (recipe.batch_size * recipe.accumulation)) * recipe.epochs
+    return min(recipe.warmup_steps, steps // 2)
 
 
 def stage1_config(args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    recipe = Recipe.from_config(STAGE1_CONFIG)
     config: dict[str, Any] = {
         "model_name_or_path": args.model,
-        "stage": "pt", "do_train": True, "finetuning_type": "lora",
-        "lora_rank": 16, "lora_alpha": 32, "lora_dropout": 0.05, "lora_target": "all",
+        "stage": "pt", "do_train": True, "finetuning_type": "lora", **lora_settings(recipe),
         "dataset_dir": str(out), "dataset": PT_DATASET, "template": "default",
         "cutoff_len": args.pt_cutoff_len, "preprocessing_num_workers": 4,
     }
     if args.stage1_quantization == "4bit":  # nf4 with double quantisation, like our QLoRA config
         config.update({"quantization_bit": 4, "quantization_type": "nf4", "double_quantization": True})
-    return config | common_train_settings(stage_dir(out, 1), STAGE1_WARMUP_STEPS)
+    return config | common_train_settings(stage_dir(out, 1), recipe, recipe.warmup_steps)
 
 
 def stage2_config(args: argparse.Namespace, out: Path, dialogues: int) -> dict[str, Any]:
+    recipe = Recipe.from_config(STAGE2_CONFIG)
     return {
         "model_name_or_path": args.model,
         "adapter_name_or_path": str(stage_dir(out, 1)),
         "create_new_adapter": True,  # merge the style adapter, train a new instruct adapter on top
-        "stage": "sft", "do_train": True, "finetuning_type": "lora",
-        "lora_rank": 64, "lora_alpha": 128, "lora_dropout": 0.05, "lora_target": "all",
+        "stage": "sft", "do_train": True, "finetuning_type": "lora", **lora_settings(recipe),
         "dataset_dir": str(out), "dataset": SFT_DATASET, "template": "qwen",
         "cutoff_len": args.sft_cutoff_len, "preprocessing_num_workers": 4,
-    } | common_train_settings(stage_dir(out, 2), sft_warmup_steps(dialogues))
+    } | common_train_settings(stage_dir(out, 2), recipe, sft_warmup_steps(dialogues, recipe))
 
 
 def write_jsonl(path: Path, rows: Sequence[dict]) -> None:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -18,6 +22,24 @@ SAMPLE_TEXT = (
     "他便拔剑而起，却不知敌人早已离去。只见长街尽头，一骑绝尘而来，乃是峨眉派的弟子。\n"
     "老者抚须笑道：「少侠何必如此？江湖之大，岂无容身之处乎？」说罢，竟自拂袖而去。\n"
 )
+
+
+def load_script(name: str) -> ModuleType:
+    """``scripts/<name>.py`` as a module (scripts/ is not a package), imported once per session."""
+    module_name = f"wuxia_scripts_{name}"
+    if module_name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(module_name, REPO / "scripts" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[module_name]
+
+
+def strict_loads(text: str):
+    """``json.loads`` that refuses NaN / Infinity / -Infinity, as JavaScript's and most other parsers do."""
+    def refuse(token: str):
+        raise ValueError(f"non-standard JSON token {token}")
+    return json.loads(text, parse_constant=refuse)
 
 
 def require_shared(path: Path) -> Path:
@@ -66,7 +88,7 @@ def _checkout_untouched():
 @pytest.fixture(scope="session")
 def small_tokenizer():
     """A byte-level BPE tokenizer trained here, with Qwen's special tokens and ChatML template."""
-    from wuxia_lightning.modeling.tiny import train_bpe_tokenizer
+    from wuxia_lightning.pretrained.tiny import train_bpe_tokenizer
 
     return train_bpe_tokenizer([SAMPLE_TEXT] * 4, vocab_size=400)
 
@@ -81,6 +103,6 @@ def qwen_tokenizer():
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A tiny Qwen2 model saved with save_pretrained, tokenizer trained on the shipped sample corpus."""
-    from wuxia_lightning.modeling.tiny import resolve_model_path
+    from wuxia_lightning.pretrained.tiny import resolve_model_path
 
     return Path(resolve_model_path("tiny-qwen2"))

@@ -10,12 +10,13 @@ import pytest
 from conftest import REPO
 
 from wuxia_lightning.data.chat_formats import load_chat_file
-from wuxia_lightning.data.corpus import decode_file
 from wuxia_lightning.data.instruct_datamodule import InstructDataModule
 from wuxia_lightning.data.style_datamodule import StyleDataModule
 from wuxia_lightning.errors import UserInputError
-from wuxia_lightning.modeling.loading import check_max_length, load_base_model, load_tokenizer
+from wuxia_lightning.modeling.loading import load_base_model
 from wuxia_lightning.modeling.stacking import MANIFEST, attach_style, read_manifest
+from wuxia_lightning.pretrained.tokenizer import check_max_length, load_tokenizer
+from wuxia_lightning.sources import decode_file
 
 DIALOGUES = REPO / "data" / "sample" / "instruct" / "train.jsonl"
 NOVEL = "第一章 风起\n\n江湖夜雨十年灯，桃李春风一杯酒。\n\n"

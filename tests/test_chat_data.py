@@ -9,15 +9,11 @@ from pathlib import Path
 import pytest
 from conftest import QWEN_TOKENIZER, SHARED
 
-from wuxia_lightning.data.chat_encoding import (
-    ChatTemplateError,
-    encode_dialogue,
-    encode_dialogues,
-    ensure_chat_template,
-)
+from wuxia_lightning.data.chat_encoding import encode_dialogue, encode_dialogues
 from wuxia_lightning.data.chat_formats import detect_format, load_conversations
 from wuxia_lightning.data.presets import load_presets, resolve_system_prompt
 from wuxia_lightning.errors import UserInputError
+from wuxia_lightning.pretrained.tokenizer import ChatTemplateError, ensure_chat_template
 from wuxia_lightning.tokens import CHATML_TEMPLATE, IGNORE_INDEX
 
 TOKENIZER_DIR = QWEN_TOKENIZER

@@ -75,6 +75,16 @@ def test_quickstart_stage1_fits_and_writes_a_loadable_adapter(tmp_path):
     style_eval = json.loads(next((tmp_path / "logs").rglob("style_eval.json")).read_text())
     assert set(style_eval["rates"]) == {"corpus", "base", "styled"}
     assert len(style_eval["rates"]["corpus"]) == len(style_eval["feature_names"])
+    # what ingest found is on the console and in the run folder: encoding per file, conversion, drops
+    ingest = json.loads(next((tmp_path / "logs").rglob("ingest_report.json")).read_text())
+    encodings = {Path(f["path"]).name: f["encoding"] for f in ingest["files"]}
+    assert len(encodings) == 6 and encodings["03_gb18030_xueye.txt"] == "gb18030"
+    assert "style corpus, as read" in fitted.stderr + fitted.stdout and "gb18030" in fitted.stderr + fitted.stdout
+    # every key the module logged is in the metric registry the report reads (a rename cannot slip by)
+    from wuxia_lightning.metrics.registry import lookup
+
+    logged = {key for row in rows for key, value in row.items() if value not in ("", None)} - {"epoch", "step"}
+    assert logged and not [key for key in logged if lookup(key) is None]
 
     # "eval only": validating the last checkpoint restores the adapter exactly (same val perplexity)
     checkpoint = next(tmp_path.rglob("last.ckpt"))
@@ -111,7 +121,7 @@ def test_quickstart_stage1_fits_and_writes_a_loadable_adapter(tmp_path):
 
     manifest_base = (tmp_path / "style" / "adapter_config.json").read_text()
     assert "base_model_name_or_path" in manifest_base
-    from wuxia_lightning.modeling.tiny import resolve_model_path
+    from wuxia_lightning.pretrained.tiny import resolve_model_path
 
     base = AutoModelForCausalLM.from_pretrained(resolve_model_path("tiny-qwen2"))
     model = PeftModel.from_pretrained(base, str(tmp_path / "style"))

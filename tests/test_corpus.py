@@ -13,7 +13,6 @@ from wuxia_lightning.data.corpus import (
     Document,
     IngestReport,
     clean_text,
-    decode_file,
     is_heading,
     read_corpus,
     resolve_sources,
@@ -21,6 +20,7 @@ from wuxia_lightning.data.corpus import (
     split_train_val,
 )
 from wuxia_lightning.errors import UserInputError
+from wuxia_lightning.sources import decode_file
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 SANXIA = SHARED / "data" / "style" / "sanxia_wuyi.txt"

@@ -2,38 +2,26 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO
+from conftest import load_script
 
-from wuxia_lightning.modeling.adapters import lora_config, save_adapter_atomically
+from wuxia_lightning.modeling.adapters import activate, lora_config, save_adapter_atomically
 from wuxia_lightning.modeling.export import VLLM_LORA_RANKS, LoraPart, concatenate, pad_rank, padded_rank
-from wuxia_lightning.modeling.loading import load_base_model, load_tokenizer
-from wuxia_lightning.modeling.stacking import activate, load_stacked, save_stacked
+from wuxia_lightning.modeling.loading import load_base_model
+from wuxia_lightning.modeling.stacking import load_stacked, save_stacked
+from wuxia_lightning.pretrained.tokenizer import load_tokenizer
 
 ATTENTION = ["q_proj", "v_proj"]
 IDS = torch.randint(10, 300, (2, 24), generator=torch.Generator().manual_seed(0))
 
 
-def export_script():
-    """scripts/export.py as a module (scripts/ is not a package)."""
-    name = "wuxia_scripts_export"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / "export.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
 def run_export(folder: Path, out: Path, *extra: str) -> int:
-    return export_script().main(["--model", str(folder), "--out", str(out), "--dtype", "float32", *extra])
+    return load_script("export").main(["--model", str(folder), "--out", str(out), "--dtype", "float32", *extra])
 
 
 def randomise_lora_b(model, adapter: str) -> None:
@@ -61,7 +49,7 @@ def build_stacked(tiny_model_dir: Path, style: Path, out: Path, instruct_targets
     """A stage-2 folder: the style adapter plus an instruct adapter of another rank and alpha."""
     from peft import PeftModel
 
-    from wuxia_lightning.data.chat_encoding import ensure_chat_template
+    from wuxia_lightning.pretrained.tokenizer import ensure_chat_template
 
     torch.manual_seed(1)
     model = PeftModel.from_pretrained(load_base_model(str(tiny_model_dir)), str(style), adapter_name="style")

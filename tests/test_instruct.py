@@ -12,9 +12,10 @@ from conftest import REPO
 
 from wuxia_lightning.data.instruct_datamodule import InstructDataModule
 from wuxia_lightning.modeling.adapters import lora_config, save_adapter_atomically
-from wuxia_lightning.modeling.loading import load_base_model, load_tokenizer
+from wuxia_lightning.modeling.loading import load_base_model
 from wuxia_lightning.modeling.stacking import load_stacked
 from wuxia_lightning.modules.instruct import InstructModule
+from wuxia_lightning.pretrained.tokenizer import load_tokenizer
 
 DIALOGUES = REPO / "data" / "sample" / "instruct" / "train.jsonl"
 
@@ -155,9 +156,9 @@ def test_adapter_scales_multiply_each_delta_exactly(tmp_path):
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from wuxia_lightning.modeling.adapters import lora_config
-    from wuxia_lightning.modeling.stacking import INSTRUCT, STYLE, activate, set_adapter_scales
-    from wuxia_lightning.modeling.tiny import tiny_config, train_char_tokenizer
+    from wuxia_lightning.modeling.adapters import activate, lora_config
+    from wuxia_lightning.modeling.stacking import INSTRUCT, STYLE, set_adapter_scales
+    from wuxia_lightning.pretrained.tiny import tiny_config, train_char_tokenizer
 
     torch.manual_seed(0)
     base = AutoModelForCausalLM.from_config(tiny_config("qwen2", train_char_tokenizer(["剑光一闪"], min_count=1)))

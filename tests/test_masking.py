@@ -7,8 +7,8 @@ import pytest
 import torch
 from conftest import SAMPLE_TEXT
 
+from wuxia_lightning.batch import MaskMode
 from wuxia_lightning.data.masking import (
-    MODES,
     DynamicMasker,
     InfillTokens,
     MaskingConfig,
@@ -42,7 +42,7 @@ def masker(small_tokenizer):
 def test_mode_shares_within_two_percent_over_10000_draws():
     config = MaskingConfig(seed=123)
     draws = [draw_mode(generator_for(config.seed, 0, index), config) for index in range(10_000)]
-    shares = {mode: draws.count(mode) / len(draws) for mode in MODES}
+    shares = {mode.label: draws.count(mode) / len(draws) for mode in MaskMode}
     assert abs(shares["span"] - 0.6) <= 0.02
     assert abs(shares["function_word"] - 0.3) <= 0.02
     assert abs(shares["none"] - 0.1) <= 0.02
@@ -51,7 +51,7 @@ def test_mode_shares_within_two_percent_over_10000_draws():
 def test_custom_mode_shares_are_respected():
     config = MaskingConfig(span_prob=0.2, function_word_prob=0.2, none_prob=0.6, seed=1)
     draws = [draw_mode(generator_for(1, 3, i), config) for i in range(10_000)]
-    assert abs(draws.count("none") / 10_000 - 0.6) <= 0.02
+    assert abs(draws.count(MaskMode.NONE) / 10_000 - 0.6) <= 0.02
 
 
 def test_same_draw_for_same_seed_epoch_index_and_new_draw_each_epoch(stream, masker):
@@ -86,7 +86,7 @@ def test_infill_rebuilds_the_original_text_exactly(stream, masker, small_tokeniz
         for epoch in range(3):
             ids, _, _ = stream.window(index)
             sample = masker(*stream.window(index), epoch=epoch, index=index)
-            if MODES[sample["mode"]] == "none" or sample["masked_tokens"] == 0:
+            if sample["mode"] == MaskMode.NONE or sample["masked_tokens"] == 0:
                 assert np.array_equal(sample["input_ids"], ids)
                 continue
             masked += 1

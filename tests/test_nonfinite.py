@@ -14,11 +14,11 @@ import pytest
 import torch
 from conftest import REPO
 
+from wuxia_lightning.callbacks.nonfinite import NonFiniteGuard, NonFiniteTrainingError, describe_batch
+from wuxia_lightning.callbacks.output_lock import lock_path
 from wuxia_lightning.data.style_datamodule import StyleDataModule
 from wuxia_lightning.errors import UserInputError
 from wuxia_lightning.modules.style import StyleAlignmentModule
-from wuxia_lightning.nonfinite import NonFiniteGuard, NonFiniteTrainingError, describe_batch
-from wuxia_lightning.output_lock import lock_path
 
 
 def trainable_state(module: L.LightningModule) -> dict[str, torch.Tensor]:
@@ -77,7 +77,7 @@ def make_fit(tiny_model_dir, tmp_path, max_bad_steps: int, max_steps: int, callb
 def test_bad_steps_are_skipped_and_training_continues(tiny_model_dir, tmp_path, caplog):
     poison = Poison(tmp_path / "style", nan_loss_at=[1], inf_grad_at=[3])
     module, data, trainer = make_fit(tiny_model_dir, tmp_path, max_bad_steps=2, max_steps=6, callbacks=[poison])
-    with caplog.at_level(logging.WARNING, logger="wuxia_lightning.nonfinite"):
+    with caplog.at_level(logging.WARNING, logger="wuxia_lightning.callbacks.nonfinite"):
         trainer.fit(module, datamodule=data)
 
     assert trainer.global_step == 6

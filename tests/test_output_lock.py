@@ -11,8 +11,8 @@ import subprocess
 
 import pytest
 
+from wuxia_lightning.callbacks.output_lock import OutputLock, lock_path, pid_alive
 from wuxia_lightning.errors import UserInputError
-from wuxia_lightning.output_lock import OutputLock, lock_path, pid_alive
 
 
 def write_lock(folder, pid: int, host: str | None = None) -> None:
@@ -69,7 +69,7 @@ def test_stale_lock_is_taken_over_with_a_logged_message(tmp_path, caplog):
     assert not pid_alive(dead)
     write_lock(tmp_path / "out", dead)
     lock = OutputLock(tmp_path / "out")
-    with caplog.at_level(logging.WARNING, logger="wuxia_lightning.output_lock"):
+    with caplog.at_level(logging.WARNING, logger="wuxia_lightning.callbacks.output_lock"):
         lock.acquire()
     assert f"pid {dead} is no longer running" in caplog.text
     assert json.loads(lock_path(tmp_path / "out").read_text())["token"] == lock.owner["token"]

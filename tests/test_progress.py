@@ -8,7 +8,7 @@ import lightning as L
 import pytest
 import torch
 
-from wuxia_lightning.progress import ProgressLines, batch_tokens
+from wuxia_lightning.callbacks.progress import ProgressLines, batch_tokens
 
 LINE = re.compile(r"^step (\d+)/12 \(epoch (\d+)\) \| loss ([\d.]+) \| ([\d,]+) tokens/s \| elapsed \S+ \| ETA \S+$")
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import math
 import re
@@ -13,15 +12,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import load_script
 
-from wuxia_lightning import report
 from wuxia_lightning.report import (
     best_value,
     build_report,
     ema,
     feature_label,
+    fonts,
+    markdown,
     plot_curves,
     plot_function_words,
+    plots,
     read_metrics,
 )
 
@@ -36,13 +38,6 @@ SMALL_CSV = """base/fw_js,epoch,step,train/kl,train/loss,val_style/ppl
 ,1,2,nan,3.0,
 0.2,1,3,,,90.5
 """
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("make_report", REPO / "scripts" / "make_report.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _assert_png(path: Path) -> None:
@@ -104,7 +99,8 @@ def _write_predictions(folder: Path, count: int = 7) -> None:
 @pytest.fixture
 def no_cjk_font(monkeypatch):
     """Exercise the code-point fallback even on machines that do have a CJK font."""
-    monkeypatch.setattr(report, "find_cjk_font", lambda: None)
+    for module in (plots, markdown):  # the two report modules that look for a font
+        monkeypatch.setattr(module, "find_cjk_font", lambda: None)
 
 
 # --------------------------------------------------------------------------- parsing and helpers
@@ -144,7 +140,7 @@ def test_dejavu_is_not_taken_for_a_cjk_font():
     from matplotlib import font_manager
 
     dejavu = font_manager.findfont("DejaVu Sans")
-    assert not report._covers_cjk(dejavu)
+    assert not fonts._covers_cjk(dejavu)
 
 
 # --------------------------------------------------------------------------- plots
@@ -174,7 +170,7 @@ def test_function_word_chart_fallback_draws_no_missing_glyphs(tmp_path, no_cjk_f
     _assert_png(png)
     missing = [str(w.message) for w in caught if "missing from font" in str(w.message)]
     assert not missing, missing
-    assert report._top_features(_style_eval(), 4) == [4, 5, 0, 2]  # by corpus rate, highest first
+    assert plots.top_features(_style_eval(), 4) == [4, 5, 0, 2]  # by corpus rate, highest first
 
 
 # --------------------------------------------------------------------------- the report
@@ -249,9 +245,9 @@ def test_corrupt_optional_files_do_not_stop_the_report(tmp_path):
 def test_stage2_report_has_stop_rate_and_no_stage1_sections(tmp_path):
     log_dir = tmp_path / "instruct" / "version_0"
     log_dir.mkdir(parents=True)
-    rows = ["epoch,step,train/loss,train/ppl,val/continues_dialogue_rate,val/loss,val/ppl,val/stop_rate"]
-    rows += [f"0,{s},{4 - 0.1 * s},{math.exp(4 - 0.1 * s)},,,," for s in range(10)]
-    rows += ["0,4,,,0.5,3.8,44.7,0.25", "0,9,,,0.25,3.5,33.1,0.75"]
+    rows = ["epoch,step,train/ce,train/loss,train/ppl,val/continues_dialogue_rate,val/loss,val/ppl,val/stop_rate"]
+    rows += [f"0,{s},{4 - 0.1 * s},{4 - 0.1 * s},{math.exp(4 - 0.1 * s)},,,," for s in range(10)]
+    rows += ["0,4,,,,0.5,3.8,44.7,0.25", "0,9,,,,0.25,3.5,33.1,0.75"]
     (log_dir / "metrics.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
     path = build_report(log_dir)
     text = path.read_text(encoding="utf-8")
@@ -260,7 +256,7 @@ def test_stage2_report_has_stop_rate_and_no_stage1_sections(tmp_path):
     assert "| `val/continues_dialogue_rate` | 0.25 | 9 | 0.25 | 9 |" in text
     assert [p.name for p in _linked_pngs(text, path.parent)] == ["loss.png", "ppl.png", "rates.png"]
     assert "KL divergence" not in text and "Function words" not in text
-    assert "train/ce" not in text  # a stage-1 key is not reported as missing from a stage-2 run
+    assert "train/kl" not in text  # a stage-1 key is not reported as missing from a stage-2 run
 
 
 # --------------------------------------------------------------------------- the script
@@ -269,7 +265,7 @@ def test_stage2_report_has_stop_rate_and_no_stage1_sections(tmp_path):
 def test_script_prints_report_path(tmp_path, capsys):
     log_dir = tmp_path / "version_2"
     _write_stage1_csv(log_dir, steps=3)
-    assert _load_script().main([str(log_dir), "--out", str(tmp_path / "r")]) == 0
+    assert load_script("make_report").main([str(log_dir), "--out", str(tmp_path / "r")]) == 0
     printed = capsys.readouterr().out.strip()
     assert printed == str(tmp_path / "r" / "report.md") and Path(printed).is_file()
 
@@ -277,7 +273,7 @@ def test_script_prints_report_path(tmp_path, capsys):
 def test_script_without_metrics_exits_2_naming_the_folder(tmp_path, capsys):
     empty = tmp_path / "empty_run"
     empty.mkdir()
-    assert _load_script().main([str(empty)]) == 2
+    assert load_script("make_report").main([str(empty)]) == 2
     err = capsys.readouterr().err.strip()
     assert err == f"error: no metrics.csv in {empty}"
     assert not (empty / "report").exists()

@@ -10,13 +10,13 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from wuxia_lightning.checkpointing import (
+from wuxia_lightning.callbacks.checkpointing import (
     AtomicCheckpointIO,
     IncompleteCheckpointError,
     checkpoint_is_intact,
 )
+from wuxia_lightning.callbacks.rng_state import capture_rng_states, restore_rng_states
 from wuxia_lightning.data.resumable import EpochIndexSampler, ResumableDataLoader
-from wuxia_lightning.rng_state import capture_rng_states, restore_rng_states
 
 
 class Keys(Dataset):
@@ -93,15 +93,34 @@ def test_a_loaded_state_not_yet_used_is_saved_again_unchanged():
 
 
 def test_samples_carry_their_epoch_and_index_into_the_batch():
-    from wuxia_lightning.data.style_datamodule import collate_right_padded
+    from wuxia_lightning.data.collate import collate_right_padded
 
     samples = [{"input_ids": np.array([1, 2]), "labels": np.array([1, 2]), "loss_weights": np.ones(2, np.float32),
                 "mode": 0, "masked_tokens": 0, "shortfall_tokens": 0, "epoch": 4, "index": index}
                for index in (9, 3)]
     batch = collate_right_padded(samples, pad_id=0)
     assert batch["epoch"].tolist() == [4, 4] and batch["index"].tolist() == [9, 3]
-    del samples[0]["epoch"]
+    for sample in samples:
+        del sample["epoch"]
     assert "epoch" not in collate_right_padded(samples, pad_id=0)
+
+
+def test_collation_is_stage_neutral_and_refuses_mixed_samples():
+    """A chat example carries no masking keys and the batch gets none; samples that disagree on their
+    keys are a bug upstream, not something to paper over by dropping a key."""
+    from wuxia_lightning.data.collate import collate_right_padded
+    from wuxia_lightning.tokens import IGNORE_INDEX
+
+    chat = [{"input_ids": np.array([5, 6, 7]), "labels": np.array([-100, 6, 7]), "epoch": 0, "index": 1},
+            {"input_ids": np.array([8]), "labels": np.array([8]), "epoch": 0, "index": 2}]
+    batch = collate_right_padded(chat, pad_id=0)
+    assert set(batch) == {"input_ids", "labels", "attention_mask", "epoch", "index"}
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
+    assert batch["labels"].tolist() == [[-100, 6, 7], [8, IGNORE_INDEX, IGNORE_INDEX]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    del chat[1]["index"]
+    with pytest.raises(ValueError, match="different keys"):
+        collate_right_padded(chat, pad_id=0)
 
 
 # ---- checkpoint files -----------------------------------------------------------------------------
@@ -187,7 +206,7 @@ def test_the_atomic_writer_replaces_only_lightnings_default(tmp_path):
     import lightning as L
     from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-    from wuxia_lightning.checkpointing import AtomicCheckpoints
+    from wuxia_lightning.callbacks.checkpointing import AtomicCheckpoints
 
     trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, default_root_dir=tmp_path)
     AtomicCheckpoints().setup(trainer, None, "fit")

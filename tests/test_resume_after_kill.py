@@ -48,7 +48,7 @@ def instruct_args(root: Path, style_adapter: Path) -> list[str]:
 
 def fit_command(root: Path, stage_args: list[str], *extra: str) -> list[str]:
     return [sys.executable, "-m", "wuxia_lightning", "fit", *stage_args, *TINY, f"--trainer.default_root_dir={root}",
-            "--trainer.callbacks+=wuxia_lightning.sample_log.SampleIdLog",
+            "--trainer.callbacks+=wuxia_lightning.callbacks.sample_log.SampleIdLog",
             f"--trainer.callbacks.path={root / 'samples.jsonl'}", *extra]
 
 
@@ -123,7 +123,7 @@ def kill_resume_and_compare(tmp_path: Path, reference: Path, stage_args: list[st
 @pytest.fixture(scope="module")
 def style_reference(tmp_path_factory) -> Path:
     """An uninterrupted stage-1 run: the reference for stage 1, and the style adapter of stage 2."""
-    from wuxia_lightning.modeling.tiny import resolve_model_path
+    from wuxia_lightning.pretrained.tiny import resolve_model_path
 
     # Build the tiny model now (into this session's WUXIA_CACHE, which the runs inherit): building it
     # reseeds torch's global RNG, so a run that builds it initialises its LoRA differently from a

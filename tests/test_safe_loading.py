@@ -98,7 +98,7 @@ def test_adapter_folder_holds_safetensors_and_no_pickles(tiny_model_dir, tmp_pat
     from safetensors.torch import load_file
 
     from wuxia_lightning.modeling.adapters import save_adapter_atomically
-    from wuxia_lightning.modeling.loading import load_tokenizer
+    from wuxia_lightning.pretrained.tokenizer import load_tokenizer
 
     module = StyleAlignmentModule(model_name_or_path=str(tiny_model_dir))
     module.configure_model()

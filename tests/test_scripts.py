@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import os
@@ -14,28 +13,18 @@ from types import SimpleNamespace
 import pytest
 import torch
 import yaml
-from conftest import REPO
+from conftest import REPO, load_script
 
 from wuxia_lightning.data.presets import resolve_system_prompt
 from wuxia_lightning.generation import GenerationSettings, generate_replies
-from wuxia_lightning.modeling.adapters import lora_config, save_adapter_atomically
-from wuxia_lightning.modeling.loading import load_base_model, load_tokenizer
-from wuxia_lightning.modeling.stacking import activate, load_stacked, save_stacked
+from wuxia_lightning.modeling.adapters import activate, lora_config, save_adapter_atomically
+from wuxia_lightning.modeling.loading import load_base_model
+from wuxia_lightning.modeling.stacking import load_stacked, save_stacked
+from wuxia_lightning.pretrained.tokenizer import load_tokenizer
 
 SAMPLE_STYLE = REPO / "data" / "sample" / "style"
 SAMPLE_INSTRUCT = REPO / "data" / "sample" / "instruct"
 IM_START = "<|im_start|>"
-
-
-def script(name: str):
-    """Import scripts/<name>.py as a module (scripts/ is not a package)."""
-    module_name = f"wuxia_scripts_{name}"
-    if module_name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(module_name, REPO / "scripts" / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[module_name]
 
 
 def randomise_lora_b(model, adapter: str, std: float = 0.2) -> None:
@@ -65,7 +54,7 @@ def stacked_folder(tiny_model_dir, style_folder, tmp_path_factory) -> Path:
     """A stage-2 folder: the style adapter plus an `instruct` adapter with random non-zero B."""
     from peft import PeftModel
 
-    from wuxia_lightning.data.chat_encoding import ensure_chat_template
+    from wuxia_lightning.pretrained.tokenizer import ensure_chat_template
 
     torch.manual_seed(1)
     model = PeftModel.from_pretrained(load_base_model(str(tiny_model_dir)), str(style_folder),
@@ -91,7 +80,7 @@ def one_error_line(stderr: str) -> str:
 # ------------------------------------------------------------------------------------------ inference
 
 def test_inference_one_shot_prints_the_stacked_models_reply(stacked_folder, capsys):
-    code = script("inference").main(["--model", str(stacked_folder), "--prompt", "你好", "--greedy",
+    code = load_script("inference").main(["--model", str(stacked_folder), "--prompt", "你好", "--greedy",
                                      "--max-new-tokens", "12"])
     out, err = capsys.readouterr()
     assert code == 0, err
@@ -127,11 +116,11 @@ def test_inference_defaults_to_the_preset_recorded_in_the_manifest(stacked_folde
 
     monkeypatch.setattr(generation, "generate_replies", recording_generate)
     args = ["--model", str(folder), "--prompt", "你好", "--greedy", "--max-new-tokens", "4"]
-    assert script("inference").main(args) == 0
+    assert load_script("inference").main(args) == 0
     assert seen[-1][0] == {"role": "system", "content": resolve_system_prompt("wuxia")}
     assert "preset: wuxia (as in training" in capsys.readouterr().err
 
-    assert script("inference").main([*args, "--preset", "plain"]) == 0  # the flag still wins
+    assert load_script("inference").main([*args, "--preset", "plain"]) == 0  # the flag still wins
     assert seen[-1][0]["content"] == resolve_system_prompt("plain") != resolve_system_prompt("wuxia")
     assert "preset: plain (--preset)" in capsys.readouterr().err
 
@@ -148,7 +137,7 @@ def test_inference_chat_loop_keeps_history_resets_and_exits(stacked_folder, caps
 
     monkeypatch.setattr(generation, "stream_reply", recording_stream)
     monkeypatch.setattr(sys, "stdin", io.StringIO("你好\n再说一句\n/reset\n第三句\n/exit\n不该处理\n"))
-    code = script("inference").main(["--model", str(stacked_folder), "--greedy", "--max-new-tokens", "8"])
+    code = load_script("inference").main(["--model", str(stacked_folder), "--greedy", "--max-new-tokens", "8"])
     out, err = capsys.readouterr()
     assert code == 0, err
     assert [[m["role"] for m in conv] for conv in seen] == [
@@ -164,7 +153,7 @@ def test_inference_chat_loop_keeps_history_resets_and_exits(stacked_folder, caps
 
 
 def test_inference_stage1_folder_is_a_raw_continuation_model(style_folder, capsys, monkeypatch):
-    inference = script("inference")
+    inference = load_script("inference")
     code = inference.main(["--model", str(style_folder), "--prompt", "剑光一闪", "--greedy",
                            "--max-new-tokens", "10"])
     out, err = capsys.readouterr()
@@ -182,7 +171,7 @@ def test_inference_stage1_folder_is_a_raw_continuation_model(style_folder, capsy
 
 
 def test_inference_user_errors_are_one_line_exit_2(stacked_folder, tmp_path, capsys):
-    inference = script("inference")
+    inference = load_script("inference")
     assert inference.main(["--model", str(tmp_path), "--prompt", "x"]) == 2
     assert "wuxia_manifest.json" in one_error_line(capsys.readouterr().err)
     assert inference.main(["--model", str(stacked_folder), "--preset", "no_such", "--prompt", "x"]) == 2
@@ -199,7 +188,7 @@ def test_inference_user_errors_are_one_line_exit_2(stacked_folder, tmp_path, cap
 # ------------------------------------------------------------------------------------------ check_gpu
 
 def test_check_gpu_json_reports_this_machine_and_a_working_4bit_layer(capsys):
-    check_gpu = script("check_gpu")
+    check_gpu = load_script("check_gpu")
     assert check_gpu.main(["--json", "--test", "--size", "64"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["torch"] == torch.__version__
@@ -216,7 +205,7 @@ def test_check_gpu_json_reports_this_machine_and_a_working_4bit_layer(capsys):
 
 
 def test_check_gpu_gflops_is_two_n_cubed_per_repeat_over_the_measured_seconds(monkeypatch):
-    check_gpu = script("check_gpu")
+    check_gpu = load_script("check_gpu")
     ticks = iter([100.0, 100.004])  # the clock before and after the timed loop: 4 ms
     monkeypatch.setattr(check_gpu, "time", SimpleNamespace(perf_counter=lambda: next(ticks)))
     result = check_gpu.timed_matmul("cpu", 100, torch.float32, repeats=5)
@@ -225,7 +214,7 @@ def test_check_gpu_gflops_is_two_n_cubed_per_repeat_over_the_measured_seconds(mo
 
 
 def test_check_gpu_table_says_when_there_is_no_cuda(capsys):
-    assert script("check_gpu").main([]) == 0
+    assert load_script("check_gpu").main([]) == 0
     table = capsys.readouterr().out
     assert "torch" in table and "4-bit nf4 Linear4bit" in table
     if not torch.cuda.is_available():
@@ -235,9 +224,9 @@ def test_check_gpu_table_says_when_there_is_no_cuda(capsys):
 # ----------------------------------------------------------------------------------------- setup_data
 
 def test_setup_data_writes_utf8_copies_and_refuses_to_overwrite(tmp_path, capsys):
-    from wuxia_lightning.data.corpus import to_simplified_chinese
+    from wuxia_lightning.sources import to_simplified_chinese
 
-    setup_data = script("setup_data")
+    setup_data = load_script("setup_data")
     out = tmp_path / "novels"
     assert setup_data.main([str(SAMPLE_STYLE), "--out", str(out)]) == 0
     report = capsys.readouterr().out
@@ -267,7 +256,7 @@ def test_setup_data_writes_utf8_copies_and_refuses_to_overwrite(tmp_path, capsys
 def test_download_model_offline_fails_cleanly(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.delenv("HF_ENDPOINT", raising=False)
-    assert script("download_model").main(["--model", "Qwen/Qwen2.5-7B", "--out", str(tmp_path / "m")]) == 2
+    assert load_script("download_model").main(["--model", "Qwen/Qwen2.5-7B", "--out", str(tmp_path / "m")]) == 2
     line = one_error_line(capsys.readouterr().err)
     assert "Qwen/Qwen2.5-7B" in line and "https://huggingface.co" in line and "--use-mirror" in line
 
@@ -279,7 +268,7 @@ def test_download_model_unreachable_endpoint_fails_cleanly(tmp_path, monkeypatch
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_ENDPOINT", raising=False)
     endpoint = f"http://127.0.0.1:{port}"
-    assert script("download_model").main(["--model", "Qwen/Qwen2.5-0.5B", "--out", str(tmp_path / "m"),
+    assert load_script("download_model").main(["--model", "Qwen/Qwen2.5-0.5B", "--out", str(tmp_path / "m"),
                                           "--endpoint", endpoint]) == 2
     line = one_error_line(capsys.readouterr().err)
     assert "Qwen/Qwen2.5-0.5B" in line and endpoint in line
@@ -287,7 +276,7 @@ def test_download_model_unreachable_endpoint_fails_cleanly(tmp_path, monkeypatch
 
 
 def test_download_model_mirror_sets_the_endpoint(tmp_path, monkeypatch, capsys):
-    download_model = script("download_model")
+    download_model = load_script("download_model")
     assert download_model.hub_environment(True, environ={})["HF_ENDPOINT"] == "https://hf-mirror.com"
     assert download_model.hub_environment(False, environ={"HF_ENDPOINT": "https://x.org"})["HF_ENDPOINT"] == \
         "https://x.org"
@@ -338,7 +327,7 @@ def test_train_llamafactory_writes_parseable_dataset_info_and_yamls(tmp_path, ca
     out = tmp_path / "lf"
     argv = ["--style-corpus", str(SAMPLE_STYLE), "--instruct-files", str(SAMPLE_INSTRUCT), str(bad),
             "--out", str(out), "--preset", "wuxia"]
-    train_llamafactory = script("train_llamafactory")
+    train_llamafactory = load_script("train_llamafactory")
     assert train_llamafactory.main(argv) == 0
     assert "skipped 1 dialogue" in capsys.readouterr().out
 

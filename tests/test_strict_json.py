@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from conftest import REPO
+from conftest import load_script, strict_loads
 
 from wuxia_lightning.io import finite_or_null, strict_json
 
 NAN, INF = float("nan"), float("inf")
-
-
-def strict_loads(text: str):
-    """``json.loads`` that refuses NaN / Infinity / -Infinity, as JavaScript's and most other parsers do."""
-    def refuse(token: str):
-        raise ValueError(f"non-standard JSON token {token}")
-    return json.loads(text, parse_constant=refuse)
 
 
 def test_strict_parser_refuses_what_plain_json_dumps_writes():
@@ -65,15 +56,15 @@ def test_stage1_adapter_manifest_with_nan_is_strict_json(tmp_path):
 
 
 def test_style_eval_report_with_nan_scores_is_strict_json(tmp_path):
-    from wuxia_lightning.evaluation import StyleEvaluation
+    from wuxia_lightning.callbacks.style_samples import StyleSampleEvaluation
 
-    evaluation = StyleEvaluation(prompts_file=None, samples=1, max_new_tokens=8)
+    evaluation = StyleSampleEvaluation(prompts_file="unused.txt", samples=1, max_new_tokens=8)
     # fw_js is NaN for a reply without function words (the case issue 13 was about).
     evaluation.scorer = SimpleNamespace(corpus_rates=lambda: [1.0, 2.0])
     evaluation.base = {"texts": ["基础"], "scores": {"fw_js": NAN, "distinct_1": 1.0}, "rates": [0.0, INF]}
     styled = {"texts": ["风格"], "scores": {"fw_js": NAN, "distinct_1": 0.5}, "rates": [NAN, 1.0]}
     path = tmp_path / "style_eval.json"
-    evaluation._write(path, ["提示"], styled)
+    evaluation.write(path, ["提示"], styled)
     report = strict_loads(path.read_text(encoding="utf-8"))
     assert report["js_divergence"] == {"base": None, "styled": None}
     assert report["rates"] == {"corpus": [1.0, 2.0], "base": [0.0, None], "styled": [None, 1.0]}
@@ -88,14 +79,6 @@ def test_predict_summary_and_rows_with_nan_are_strict_json(tmp_path):
                                                                                      "fw_js": None}
     rows = [strict_loads(line) for line in (tmp_path / "predictions.jsonl").read_text("utf-8").splitlines()]
     assert rows == [{"id": 0, "fw_js": None}]
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"wuxia_strict_json_{name}", REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_llamafactory_json_writers_with_nan_are_strict_json(tmp_path):

@@ -135,7 +135,7 @@ def test_metric_clone_shares_the_classifier(classifier):
 
 
 def test_real_text_held_out_accuracy():
-    from wuxia_lightning.data.corpus import to_simplified_chinese
+    from wuxia_lightning.sources import to_simplified_chinese
 
     style_path = require_shared(SHARED / "data" / "style" / "sanxia_wuyi.txt")
     other_path = require_shared(SHARED / "data" / "general" / "cmrc2018_wiki_contexts.txt")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
@@ -47,7 +48,7 @@ def test_beta_zero_makes_no_reference_forward(tiny_model_dir):
         handle = decoder.register_forward_hook(lambda *_, beta=beta: calls.append(beta))
         out = module.step_losses(batch_of(torch.randint(10, 300, (2, 16))))
         handle.remove()
-        assert (out["kl"] > 0) == (beta > 0)
+        assert (out.kl > 0) == (beta > 0)
     assert calls.count(0.0) == 1 and calls.count(0.1) == 2
 
 
@@ -63,7 +64,7 @@ def test_only_lora_style_trainable_even_after_reference_pass(tiny_model_dir):
 def test_loss_backward_reaches_only_the_adapter(tiny_model_dir):
     module = make_module(tiny_model_dir)
     out = module.step_losses(batch_of(torch.randint(10, 300, (2, 16))))
-    out["loss"].backward()
+    out.loss.backward()
     grads = {n for n, p in module.peft_model.named_parameters() if p.grad is not None}
     assert grads and all("lora_" in n for n in grads)
 
@@ -106,9 +107,9 @@ def test_tokenizer_without_fim_tokens_gets_sentinels_whose_rows_the_adapter_trai
     from conftest import SAMPLE_TEXT
 
     from wuxia_lightning.data.masking import DynamicMasker, InfillTokens, MaskingConfig
-    from wuxia_lightning.modeling.loading import load_tokenizer
     from wuxia_lightning.modeling.stacking import load_stacked
-    from wuxia_lightning.modeling.tiny import make_tiny_model, train_bpe_tokenizer
+    from wuxia_lightning.pretrained.tiny import make_tiny_model, train_bpe_tokenizer
+    from wuxia_lightning.pretrained.tokenizer import load_tokenizer
     from wuxia_lightning.tokens import FIM_TOKENS, QWEN_SPECIAL_TOKENS
 
     plain = train_bpe_tokenizer([SAMPLE_TEXT] * 4, vocab_size=320, special_tokens=QWEN_SPECIAL_TOKENS[:3])
@@ -145,3 +146,65 @@ def test_tokenizer_without_fim_tokens_gets_sentinels_whose_rows_the_adapter_trai
     with torch.no_grad():
         restored_rows = restored.get_input_embeddings()(torch.tensor([[tokens.begin, tokens.hole, 5]]))
     torch.testing.assert_close(restored_rows, after)
+
+
+# ---- the objective without a Trainer ------------------------------------------------------------
+
+def test_stage1_objective_runs_without_a_trainer_and_matches_a_full_vocabulary_reference(tiny_model_dir):
+    """objectives.causal_lm + modeling.adapters.frozen_reference are all a training loop needs: the loss
+    equals CE + β·KL computed by hand from full logits of the policy and of a freshly loaded base."""
+    from wuxia_lightning.modeling.adapters import frozen_reference
+    from wuxia_lightning.objectives.causal_lm import final_hidden_states, style_alignment_loss
+
+    module = make_module(tiny_model_dir, kl_beta=0.5)
+    policy = module.peft_model
+    ids = torch.randint(10, 300, (2, 16))
+    batch = batch_of(ids)
+    with frozen_reference(policy):
+        ref_hidden = final_hidden_states(policy.get_base_model(), batch)
+    out = style_alignment_loss(policy.get_base_model(), batch, 0.5, ref_hidden, chunk_size=7)
+
+    logits = policy(input_ids=ids).logits[:, :-1].double()
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)).eval()
+    with torch.no_grad():
+        ref_logits = base(input_ids=ids).logits[:, :-1].double()
+    log_p, log_q = logits.log_softmax(-1), ref_logits.log_softmax(-1)
+    ce = -log_p.gather(-1, ids[:, 1:, None]).mean()
+    kl = (log_p.exp() * (log_p - log_q)).sum(-1).mean()
+    torch.testing.assert_close(out.ce.double(), ce, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.kl.double(), kl, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(out.loss.double(), ce + 0.5 * kl, rtol=1e-5, atol=1e-5)
+
+
+def test_frozen_reference_restores_active_adapters_and_trainable_set(tiny_model_dir):
+    from wuxia_lightning.modeling.adapters import activate, frozen_reference, lora_config
+
+    module = make_module(tiny_model_dir)
+    policy = module.peft_model
+    policy.add_adapter("instruct", lora_config(4, 8, 0.0))
+    activate(policy, ["style", "instruct"])
+    trainable = {n for n, p in policy.named_parameters() if ".instruct." in n and "lora_" in n}
+    for name, param in policy.named_parameters():
+        param.requires_grad_(name in trainable)
+    for adapters in ((), ("style",)):
+        with frozen_reference(policy, adapters):
+            assert not torch.is_grad_enabled()
+            assert list(policy.base_model.active_adapters) == (list(adapters) or ["style", "instruct"])
+        assert list(policy.base_model.active_adapters) == ["style", "instruct"]
+        assert {n for n, p in policy.named_parameters() if p.requires_grad} == trainable
+
+
+def test_run_settings_are_declared_by_both_stages_and_missing_ones_are_named():
+    """AdapterModule reads only RunSettings; each stage declares them in its __init__ (the YAML schema)."""
+    import inspect
+    from dataclasses import fields
+
+    from wuxia_lightning.modules.common import RunSettings
+    from wuxia_lightning.modules.instruct import InstructModule
+
+    for stage in (StyleAlignmentModule, InstructModule):
+        assert {f.name for f in fields(RunSettings)} <= set(inspect.signature(stage.__init__).parameters)
+    settings = RunSettings.from_hparams(dict(StyleAlignmentModule(learning_rate=1e-3).hparams))
+    assert settings.learning_rate == 1e-3 and settings.max_bad_steps == 10
+    with pytest.raises(TypeError, match="learning_rate"):
+        RunSettings.from_hparams({f.name: None for f in fields(RunSettings) if f.name != "learning_rate"})

@@ -7,8 +7,8 @@ import torch
 from conftest import QWEN_TOKENIZER, require_shared
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from wuxia_lightning.modeling.tiny import make_tiny_model, resolve_model_path
 from wuxia_lightning.modules.style import StyleAlignmentModule
+from wuxia_lightning.pretrained.tiny import make_tiny_model, resolve_model_path
 
 SPECIAL = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>",
            "<|fim_pad|>")
@@ -41,8 +41,8 @@ def test_tiny_qwen3_with_the_real_qwen_tokenizer_loads_offline_and_trains(tmp_pa
     ids = torch.tensor([tokenizer("剑光一闪，那人已然倒地。")["input_ids"]])
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
     out = module.step_losses(batch)
-    out["loss"].backward()
-    assert torch.isfinite(out["loss"]) and out["kl"].item() == pytest.approx(0.0, abs=1e-6)  # LoRA B = 0
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and out.kl.item() == pytest.approx(0.0, abs=1e-6)  # LoRA B = 0
 
 
 def test_make_tiny_model_never_overwrites(tmp_path, tiny_model_dir):
@@ -55,7 +55,7 @@ def test_make_tiny_model_never_overwrites(tmp_path, tiny_model_dir):
 
 
 def test_char_tokenizer_never_splits_a_character_and_knows_qwen_tokens():
-    from wuxia_lightning.modeling.tiny import train_char_tokenizer
+    from wuxia_lightning.pretrained.tiny import train_char_tokenizer
     from wuxia_lightning.tokens import QWEN_SPECIAL_TOKENS
 
     text = "剑光一闪，那人已然倒地。He said: 好!\n第二行"
@@ -72,8 +72,8 @@ def test_char_tokenizer_never_splits_a_character_and_knows_qwen_tokens():
 def test_char_tokenizer_beside_a_qwen2_config_loads_as_saved(tmp_path):
     """transformers 5 maps a qwen2 folder to Qwen2Tokenizer, which rebuilds a byte-level BPE from the
     vocabulary and encodes Chinese to nothing with a character vocabulary; our loaders keep the file's."""
-    from wuxia_lightning.modeling.loading import load_saved_tokenizer, load_tokenizer
-    from wuxia_lightning.modeling.tiny import tiny_config, train_char_tokenizer
+    from wuxia_lightning.pretrained.tiny import tiny_config, train_char_tokenizer
+    from wuxia_lightning.pretrained.tokenizer import load_saved_tokenizer, load_tokenizer
 
     text = "剑光一闪，那人已然倒地。"
     tokenizer = train_char_tokenizer([text], min_count=1)
@@ -83,3 +83,43 @@ def test_char_tokenizer_beside_a_qwen2_config_loads_as_saved(tmp_path):
         ids = loaded(text, add_special_tokens=False)["input_ids"]
         assert ids == tokenizer(text, add_special_tokens=False)["input_ids"] and len(ids) == len(text)
         assert loaded.decode(ids) == text
+
+
+# ---- whole characters ---------------------------------------------------------------------------
+
+def test_tiny_tokenizer_keeps_every_character_whole():
+    """BPE over characters, not bytes: no token decodes to half a character (U+FFFD), the sample text
+    round-trips, and a character never seen becomes <|unk|> rather than byte pieces."""
+    from wuxia_lightning.pretrained.tiny import sample_texts, train_bpe_tokenizer
+
+    texts = sample_texts()
+    tokenizer = train_bpe_tokenizer(texts)
+    assert not [i for i in range(len(tokenizer)) if "\ufffd" in tokenizer.decode([i])]
+    assert all(tokenizer.decode(tokenizer(text)["input_ids"]) == text for text in texts)
+    assert tokenizer.convert_ids_to_tokens(tokenizer("龘", add_special_tokens=False)["input_ids"]) == ["<|unk|>"]
+    chat = tokenizer.apply_chat_template([{"role": "user", "content": "你好"}], tokenize=False,
+                                         add_generation_prompt=True)
+    assert "<|unk|>" not in tokenizer.decode(tokenizer(chat)["input_ids"])  # roles spelled in ASCII survive
+
+
+def test_tiny_base_is_pretrained_on_text_converted_like_the_stage1_corpus():
+    """The shipped configs convert the corpus to Simplified: a base pre-trained on other forms answers in them."""
+    from wuxia_lightning.pretrained.tiny import sample_texts
+    from wuxia_lightning.sources import to_simplified_chinese
+
+    texts = sample_texts()
+    assert texts and all(to_simplified_chinese(text) == text for text in texts)
+    assert not any(char in "".join(texts) for char in "這雙俠麼")
+
+
+def test_decoding_drops_half_characters_of_a_byte_level_tokenizer(qwen_tokenizer):
+    """A reply cut off by max_new_tokens inside a character: Qwen's byte-level pieces of it decode to U+FFFD
+    with plain decode, and to nothing with decode_complete."""
+    from wuxia_lightning.generation import decode_complete
+
+    tokenizer = qwen_tokenizer
+    ids = tokenizer("江湖𠀾", add_special_tokens=False)["input_ids"]  # a rare character: several byte pieces
+    cut = ids[:-1]
+    assert "\ufffd" in tokenizer.decode(cut)  # the check can fail: the cut really splits a character
+    assert decode_complete(tokenizer, cut) == "江湖"
+    assert decode_complete(tokenizer, ids) == "江湖𠀾"

@@ -14,9 +14,9 @@ from pathlib import Path
 
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
+from wuxia_lightning.callbacks.progress import ProgressLines
 from wuxia_lightning.console import quiet_third_party
 from wuxia_lightning.errors import UserInputError, report_user_error, verbose_requested
-from wuxia_lightning.progress import ProgressLines
 
 log = logging.getLogger(__name__)
 

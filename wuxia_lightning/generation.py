@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 import torch
 
-from wuxia_lightning.data.chat_encoding import ensure_chat_template
 from wuxia_lightning.metrics.stopping import classify_generation
 from wuxia_lightning.modeling.stacking import stop_token_ids
+from wuxia_lightning.pretrained.tokenizer import ensure_chat_template
 
 Message = dict[str, str]
 
@@ -61,8 +61,7 @@ def generate_replies(model, tokenizer, conversations: Sequence[Sequence[Message]
     for text, row in zip(texts, output[:, batch["input_ids"].shape[1]:].tolist(), strict=True):
         tokens = _strip_padding(row, tokenizer.pad_token_id, stops)
         stopped, continued = classify_generation(tokens, set(stops), im_start, settings.max_new_tokens)
-        replies.append(Reply(text, tokenizer.decode(tokens, skip_special_tokens=True).strip(), len(tokens),
-                             stopped, continued))
+        replies.append(Reply(text, decode_complete(tokenizer, tokens).strip(), len(tokens), stopped, continued))
     return replies
 
 
@@ -89,10 +88,24 @@ def stream_reply(model, tokenizer, messages: Sequence[Message], settings: Genera
 
     thread = Thread(target=generate, daemon=True)
     thread.start()
-    yield from streamer
+    for piece in streamer:
+        if piece := whole_characters(piece):
+            yield piece
     thread.join()
     if errors:
         raise errors[0]
+
+
+def decode_complete(tokenizer, ids: Sequence[int]) -> str:
+    """Decoded text with no half characters: a byte-level tokenizer's pieces of a character cut off by
+    ``max_new_tokens`` (or never completed by the model) decode to U+FFFD, which we drop."""
+    return whole_characters(tokenizer.decode(list(ids), skip_special_tokens=True))
+
+
+def whole_characters(text: str) -> str:
+    """``text`` without U+FFFD: the streamer holds a partial character back until it completes, so what
+    is left as U+FFFD are bytes that will never form one."""
+    return text.replace("\ufffd", "")
 
 
 def _strip_padding(tokens: list[int], pad_id: int | None, stops: list[int]) -> list[int]:

@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.font_manager import FontProperties  # noqa: E402
 
-from wuxia_lightning.report import find_cjk_font  # noqa: E402
+from wuxia_lightning.report.fonts import find_cjk_font, font_covers  # noqa: E402
 
 PLOTS = ("beta_tradeoff.png", "stage2_variants.png", "function_words.png")
 
@@ -70,7 +70,8 @@ def plot_function_words(results: dict, path: Path) -> None:
         for offset, key in enumerate(("corpus", "base", "styled")):
             axes.bar([i + (offset - 1) * width for i in range(len(names))], rates[key], width, label=key)
         label_font = {"fontproperties": FontProperties(fname=font.path)} if font else {}
-        axes.set_xticks(range(len(names)), names if font else [f"#{i}" for i in range(len(names))], **label_font)
+        labels = [name if font and font_covers(font.path, name) else f"#{i}" for i, name in enumerate(names)]
+        axes.set_xticks(range(len(names)), labels, **label_font)
         axes.legend()
     axes.set_ylabel("per 1,000 characters")
     axes.set_title("Function words (虚词): corpus vs base vs styled", **(

@@ -103,8 +103,8 @@ def build_base(splits: Splits, out: Path, budget: Budget) -> dict:
 
     from wuxia_lightning.data.corpus import read_corpus
     from wuxia_lightning.data.style_datamodule import StyleDataModule
-    from wuxia_lightning.modeling.tiny import tiny_config, train_char_tokenizer
     from wuxia_lightning.modules.pretrain import CausalLMPretrainModule
+    from wuxia_lightning.pretrained.tiny import tiny_config, train_char_tokenizer
 
     style_docs, _ = read_corpus(splits.style_train, to_simplified=True)
     general = [Path(p).read_text(encoding="utf-8") for p in splits.general_train]
@@ -134,7 +134,7 @@ class Evaluator:
         from wuxia_lightning.data.corpus import read_corpus
         from wuxia_lightning.evaluation import StyleScorer
         from wuxia_lightning.metrics.style_classifier import StyleClassifier
-        from wuxia_lightning.modeling.loading import load_saved_tokenizer
+        from wuxia_lightning.pretrained.tokenizer import load_saved_tokenizer
 
         self.budget, self.base = budget, str(out / "models" / "base")
         self.tokenizer = load_saved_tokenizer(self.base)
@@ -167,20 +167,19 @@ class Evaluator:
 
     @torch.no_grad()
     def perplexity_and_kl(self, model, windows: list[torch.Tensor], with_kl: bool) -> tuple[float, float]:
-        from wuxia_lightning.objectives.losses import chunked_ce_kl, select_loss_positions
+        from wuxia_lightning.modeling.adapters import frozen_reference
+        from wuxia_lightning.objectives.causal_lm import final_hidden_states, token_loss_sums
 
         nll, kl, tokens = 0.0, 0.0, 0
         causal = model.get_base_model() if hasattr(model, "get_base_model") else model
         for start in range(0, len(windows), 8):
             ids = torch.stack(windows[start:start + 8])
-            batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-            hidden = causal.get_decoder()(**batch).last_hidden_state
+            batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
             ref = None
             if with_kl:
-                with model.disable_adapter():
-                    ref = causal.get_decoder()(**batch).last_hidden_state[:, :-1].reshape(-1, hidden.shape[-1])
-            selected, targets, weights, _ = select_loss_positions(hidden, ids)
-            sums = chunked_ce_kl(selected, targets, weights, causal.get_output_embeddings(), ref)
+                with frozen_reference(model):
+                    ref = final_hidden_states(causal, batch)
+            sums = token_loss_sums(causal, batch, ref)
             nll, kl, tokens = nll + float(sums.nll), kl + float(sums.kl), tokens + int(sums.tokens)
         return math.exp(nll / tokens), kl / tokens
 
@@ -353,7 +352,8 @@ def zero_style_adapter(out: Path, budget: Budget, splits: Splits) -> str:
     from peft import get_peft_model
 
     from wuxia_lightning.modeling.adapters import lora_config, save_adapter_atomically
-    from wuxia_lightning.modeling.loading import load_base_model, load_tokenizer
+    from wuxia_lightning.modeling.loading import load_base_model
+    from wuxia_lightning.pretrained.tokenizer import load_tokenizer
 
     folder = out / "models" / "style_zero"
     if not (folder / "adapter_config.json").exists():

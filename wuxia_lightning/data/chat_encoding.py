@@ -21,12 +21,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 
 from wuxia_lightning.data.chat_formats import Message
-from wuxia_lightning.errors import UserInputError
-from wuxia_lightning.tokens import CHATML_TEMPLATE, IGNORE_INDEX, IM_END, IM_START
-
-
-class ChatTemplateError(UserInputError):
-    """The tokenizer / chat template cannot be used for ChatML training with correct labels."""
+from wuxia_lightning.pretrained.tokenizer import (
+    ChatTemplateError,
+    chatml_token_ids,
+    has_chat_template,
+)
+from wuxia_lightning.tokens import CHATML_TEMPLATE, IGNORE_INDEX, IM_END
 
 
 @dataclass
@@ -51,37 +51,8 @@ class EncodingStats:
         return asdict(self)
 
 
-def _has_template(tokenizer) -> bool:
-    return bool(getattr(tokenizer, "chat_template", None))
-
-
-def ensure_chat_template(tokenizer) -> None:
-    """Give ``tokenizer`` the ChatML template when it has none (base models); checks the ChatML tokens."""
-    chatml_token_ids(tokenizer)
-    if not _has_template(tokenizer):
-        tokenizer.chat_template = CHATML_TEMPLATE
-
-
-def chatml_token_ids(tokenizer) -> tuple[int, int]:
-    """Ids of ``<|im_start|>`` and ``<|im_end|>``; a clear error when the tokenizer lacks them as single
-    (special) tokens."""
-    ids = []
-    for token in (IM_START, IM_END):
-        token_id = tokenizer.convert_tokens_to_ids(token)
-        unk = getattr(tokenizer, "unk_token_id", None)
-        if token_id is None or (unk is not None and token_id == unk):
-            raise ChatTemplateError(
-                f"the tokenizer has no {token} token; ChatML training needs <|im_start|> and <|im_end|> "
-                "(add them as special tokens and resize the embeddings, or use a Qwen tokenizer)")
-        if tokenizer(token, add_special_tokens=False)["input_ids"] != [token_id]:
-            raise ChatTemplateError(f"the tokenizer does not encode {token} as the single token {token_id} "
-                                    "(is split_special_tokens set?)")
-        ids.append(token_id)
-    return ids[0], ids[1]
-
-
 def _render(tokenizer, messages: Sequence[Message], generation_prompt: bool) -> str:
-    kwargs = {} if _has_template(tokenizer) else {"chat_template": CHATML_TEMPLATE}
+    kwargs = {} if has_chat_template(tokenizer) else {"chat_template": CHATML_TEMPLATE}
     text = tokenizer.apply_chat_template(list(messages), tokenize=False,
                                         add_generation_prompt=generation_prompt, **kwargs)
     if not isinstance(text, str):

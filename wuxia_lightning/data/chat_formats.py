@@ -15,14 +15,14 @@ index, said so in the message) and the field. Records are never dropped silently
 
 from __future__ import annotations
 
-import glob
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from wuxia_lightning.errors import UserInputError
+from wuxia_lightning.sources import PathArg, resolve_paths
 
 Message = dict[str, str]
 
@@ -34,7 +34,6 @@ SHAREGPT_ROLES = {
     "system": "system",
 }
 DATA_SUFFIXES = (".jsonl", ".json")
-_GLOB_CHARS = set("*?[")
 
 
 @dataclass
@@ -55,31 +54,9 @@ class _RecordError(Exception):
 
 
 # ----------------------------------------------------------------------------------------- paths
-def resolve_data_files(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
-    """Expand a file, a folder (its ``*.jsonl`` / ``*.json``), a glob, or a list of these; order kept."""
-    items = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
-    if not items:
-        raise UserInputError("no instruction data files given")
-    files: list[str] = []
-    for item in items:
-        item = os.fspath(item)
-        if os.path.isdir(item):
-            found = sorted(p for p in glob.glob(os.path.join(glob.escape(item), "*"))
-                           if p.lower().endswith(DATA_SUFFIXES) and os.path.isfile(p))
-            if not found:
-                raise UserInputError("folder contains no *.jsonl or *.json files", path=item)
-        elif os.path.isfile(item):
-            found = [item]
-        elif _GLOB_CHARS & set(item):
-            found = sorted(p for p in glob.glob(item, recursive=True) if os.path.isfile(p))
-            if not found:
-                raise UserInputError("glob pattern matches no files", path=item)
-        else:
-            raise UserInputError("instruction data file or folder not found", path=item)
-        for path in found:
-            if path not in files:
-                files.append(path)
-    return files
+def resolve_data_files(paths: PathArg) -> list[Path]:
+    """The ``*.jsonl`` / ``*.json`` files: files, folders (recursive), globs (see :func:`resolve_paths`)."""
+    return resolve_paths(paths, DATA_SUFFIXES, "instruction data file or folder")
 
 
 # ----------------------------------------------------------------------------------------- reading
@@ -303,7 +280,7 @@ def load_conversations(paths: str | Sequence[str], default_system: str | None = 
     dialogues: list[list[Message]] = []
     reports: list[ChatFileReport] = []
     for path in resolve_data_files(paths):
-        file_dialogues, report = load_chat_file(path, default_system)
+        file_dialogues, report = load_chat_file(str(path), default_system)
         dialogues.extend(file_dialogues)
         reports.append(report)
     return dialogues, reports

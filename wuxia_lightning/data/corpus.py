@@ -7,9 +7,6 @@ line is counted under the rule that removed it, per file (:class:`FileReport`).
 
 from __future__ import annotations
 
-import codecs
-import functools
-import glob
 import hashlib
 import os
 import re
@@ -18,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from wuxia_lightning.errors import UserInputError
+from wuxia_lightning.sources import PathArg, decode_file, resolve_paths, to_simplified_chinese
 
 # Words that cannot occur in classical / Qing-era fiction. Both scripts are listed because the modern
 # filter may run on unconverted Traditional text (to_simplified=False). Checked against the six shared
@@ -125,131 +123,9 @@ class IngestReport:
         return {"files": [asdict(f) for f in self.files], "totals": totals}
 
 
-# --------------------------------------------------------------------------------------------- sources
-
-def resolve_sources(sources: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
-    """Files as given, folders as their ``*.txt`` files (recursive, sorted), globs expanded (sorted).
-
-    Duplicates are dropped (first occurrence wins). Every entry must yield at least one file, so a typo
-    in one of several sources is reported instead of silently training on less data.
-    """
-    entries = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
-    if not entries:
-        raise UserInputError("no corpus sources given", field="corpus")
-    resolved: dict[Path, None] = {}
-    for entry in entries:
-        for path in _expand_source(str(entry)):
-            resolved.setdefault(path, None)
-    return list(resolved)
-
-
-def _expand_source(entry: str) -> list[Path]:
-    path = Path(entry).expanduser()
-    if path.is_file():
-        return [path]
-    if path.is_dir():
-        return _text_files_in(path, entry)
-    if any(char in entry for char in "*?["):
-        matches = sorted(Path(m) for m in glob.glob(str(path), recursive=True))
-        files = [f for m in matches for f in ([m] if m.is_file() else _text_files_in(m, entry))]
-        if not files:
-            raise UserInputError(f"no files match the pattern '{entry}'", path=entry)
-        return files
-    raise UserInputError("corpus source does not exist", path=entry)
-
-
-def _text_files_in(folder: Path, entry: str) -> list[Path]:
-    # Hidden folders/files (.git, .ipynb_checkpoints, editor backups) are never corpus text.
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() == ".txt"
-                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
-    if not files:
-        raise UserInputError(f"no .txt files in folder '{entry}'", path=entry)
-    return files
-
-
-# ------------------------------------------------------------------------------------------- decoding
-
-_BOMS: tuple[tuple[bytes, str], ...] = (  # UTF-32 before UTF-16: FF FE 00 00 starts with the UTF-16 LE BOM
-    (codecs.BOM_UTF32_LE, "utf-32-le"), (codecs.BOM_UTF32_BE, "utf-32-be"),
-    (codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"),
-)
-# Detector answers → the codec we decode with: GB18030 is a superset of GB2312/GBK, and cp950 (Big5 plus
-# Microsoft's extensions) is what Big5 novel files are usually written in; HKSCS maps Big5's user-defined
-# codes to unrelated characters, so it is only a fallback.
-_PREFERRED: dict[str, tuple[str, ...]] = {
-    "gb2312": ("gb18030",), "gbk": ("gb18030",), "gb18030": ("gb18030",), "hz": ("gb18030", "hz"),
-    "big5": ("cp950", "big5"), "cp950": ("cp950", "big5"), "big5hkscs": ("cp950", "big5hkscs"),
-}
-
-
-def decode_file(path: Path) -> tuple[str, str]:
-    """(text, encoding name): BOM first, then strict UTF-8, then charset_normalizer's best guess."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise UserInputError(f"cannot read file: {exc.strerror or exc}", path=str(path)) from exc
-    for bom, name in _BOMS:
-        if data.startswith(bom):
-            return _strict(data[len(bom):], name.replace("-sig", ""), path), name
-    utf16 = _utf16_without_bom(data)
-    if utf16 is not None:
-        return _strict(data, utf16, path, "UTF-16 without a byte-order mark (NUL bytes in every other "
-                       "position)"), utf16
-    try:
-        return data.decode("utf-8"), "utf-8"
-    except UnicodeDecodeError:
-        pass
-    return _detect_and_decode(data, path)
-
-
-def _detect_and_decode(data: bytes, path: Path) -> tuple[str, str]:
-    from charset_normalizer import from_bytes  # imported lazily: only non-UTF-8 files need it
-
-    best = from_bytes(data).best()
-    if best is None:
-        raise UserInputError("cannot detect the text encoding (is this a text file?); "
-                             "save it as UTF-8", path=str(path))
-    detected = codecs.lookup(best.encoding).name  # canonical codec name, e.g. 'gb2312', 'big5'
-    errors = []
-    for name in (*_PREFERRED.get(detected, ()), detected):
-        try:
-            return data.decode(name), name
-        except UnicodeDecodeError as exc:
-            errors.append(f"{name}: byte {exc.start}")
-    raise UserInputError(f"detected encoding {detected} but the file does not decode with it "
-                         f"({'; '.join(errors)}); save it as UTF-8", path=str(path))
-
-
-def _utf16_without_bom(data: bytes) -> str | None:
-    """'utf-16-le' / 'utf-16-be' when NUL bytes sit mostly on odd / even offsets: ASCII and line breaks
-    in UTF-16 carry a zero byte, which strict UTF-8 would accept and turn into NUL-riddled text."""
-    if b"\x00" not in data or len(data) % 2:
-        return None
-    even, odd = data[0::2].count(0), data[1::2].count(0)
-    if max(even, odd) < 0.1 * (len(data) // 2) or min(even, odd) * 4 > max(even, odd):
-        return None  # too few zeros, or zeros on both sides (binary, or UTF-32 without a BOM)
-    return "utf-16-be" if even > odd else "utf-16-le"
-
-
-def _strict(data: bytes, encoding: str, path: Path, why: str | None = None) -> str:
-    try:
-        return data.decode(encoding)
-    except UnicodeDecodeError as exc:
-        reason = why or f"has a {encoding} byte-order mark"
-        raise UserInputError(f"{reason} but byte {exc.start} is not valid {encoding}; save it as UTF-8",
-                             path=str(path)) from exc
-
-
-@functools.lru_cache(maxsize=1)
-def _t2s_converter():
-    import opencc  # the PyPI 'opencc' package; 't2s' resolves to its bundled t2s.json
-
-    return opencc.OpenCC("t2s")
-
-
-def to_simplified_chinese(text: str) -> str:
-    """Traditional → Simplified with OpenCC ``t2s`` (character and phrase tables, no regional idioms)."""
-    return _t2s_converter().convert(text)
+def resolve_sources(sources: PathArg) -> list[Path]:
+    """The corpus's ``*.txt`` files: files, folders (recursive), globs (see :func:`resolve_paths`)."""
+    return resolve_paths(sources, (".txt",), "corpus source", field="corpus")
 
 
 # ------------------------------------------------------------------------------------------- cleaning

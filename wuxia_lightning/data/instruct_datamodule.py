@@ -11,8 +11,9 @@ import lightning as L
 import numpy as np
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from wuxia_lightning.data.chat_encoding import EncodedDialogue, encode_dialogues, ensure_chat_template
+from wuxia_lightning.data.chat_encoding import EncodedDialogue, encode_dialogues
 from wuxia_lightning.data.chat_formats import format_reports, load_conversations
+from wuxia_lightning.data.collate import collate_right_padded
 from wuxia_lightning.data.presets import resolve_system_prompt
 from wuxia_lightning.data.resumable import (
     EpochIndexSampler,
@@ -20,9 +21,8 @@ from wuxia_lightning.data.resumable import (
     ResumableSampler,
     TrainLoaderPositions,
 )
-from wuxia_lightning.data.style_datamodule import collate_right_padded
 from wuxia_lightning.errors import UserInputError
-from wuxia_lightning.modeling.loading import check_max_length, load_tokenizer
+from wuxia_lightning.pretrained.tokenizer import check_max_length, ensure_chat_template, load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +40,8 @@ class EncodedDialogues(Dataset):
         epoch, index = key if isinstance(key, tuple) else (0, key)
         example = self.examples[index]
         ids = np.asarray(example.input_ids, dtype=np.int64)
-        return {"input_ids": ids, "labels": np.asarray(example.labels, dtype=np.int64),
-                "loss_weights": np.ones(len(ids), dtype=np.float32), "mode": 0, "masked_tokens": 0,
-                "shortfall_tokens": 0, "epoch": epoch, "index": index}
+        return {"input_ids": ids, "labels": np.asarray(example.labels, dtype=np.int64), "epoch": epoch,
+                "index": index}
 
 
 class CycledWindows(Dataset):
@@ -133,6 +132,8 @@ class InstructDataModule(L.LightningDataModule):
             OpenAI `messages` or alpaca, detected per file.
         prompts: prompts for ``predict`` (.txt one per line, or JSONL with `prompt` / `messages`).
         max_length: tokens per example; longer dialogues keep whole turns (counted), never a cut reply.
+        batch_size: dialogues per batch (per device; ``trainer.accumulate_grad_batches`` multiplies it).
+        num_workers: DataLoader worker processes.
         preset: system-prompt preset (e.g. `wuxia`, `elegant_style`) for dialogues and prompts without one.
         presets_file: YAML of presets (default: the packaged one).
         replay_corpus: style corpus (file, folder, glob) whose windows are served beside every chat batch

@@ -20,10 +20,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from wuxia_lightning.batch import MaskMode
 from wuxia_lightning.errors import UserInputError
 from wuxia_lightning.tokens import FIM_TOKENS, IGNORE_INDEX
-
-MODES: tuple[str, ...] = ("span", "function_word", "none")
 
 
 @dataclass(frozen=True)
@@ -77,8 +76,8 @@ def generator_for(seed: int, epoch: int, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, epoch, index])
 
 
-def draw_mode(rng: np.random.Generator, config: MaskingConfig) -> str:
-    return MODES[int(rng.choice(3, p=[config.span_prob, config.function_word_prob, config.none_prob]))]
+def draw_mode(rng: np.random.Generator, config: MaskingConfig) -> MaskMode:
+    return MaskMode(int(rng.choice(3, p=[config.span_prob, config.function_word_prob, config.none_prob])))
 
 
 def draw_span_masks(rng: np.random.Generator, maskable: np.ndarray, rate: float, mean_length: float,
@@ -163,27 +162,27 @@ class DynamicMasker:
         self.config, self.tokens, self.max_spans = config, tokens, config.max_spans(max_length)
 
     def __call__(self, ids: np.ndarray, function_word: np.ndarray, special: np.ndarray, epoch: int,
-                 index: int) -> dict[str, np.ndarray | int | str]:
+                 index: int) -> dict[str, np.ndarray | int]:
         rng = generator_for(self.config.seed, epoch, index)
         mode = draw_mode(rng, self.config)
         maskable = ~special
         shortfall = 0
-        if mode == "span":
+        if mode is MaskMode.SPAN:
             spans = draw_span_masks(rng, maskable, self.config.mask_rate, self.config.mean_span_length,
                                     self.max_spans)
-        elif mode == "function_word":
+        elif mode is MaskMode.FUNCTION_WORD:
             spans, shortfall = draw_function_word_masks(rng, function_word, maskable, self.config.mask_rate,
                                                         self.max_spans)
         else:
             spans = []
-        if not spans:  # "none", or nothing maskable: plain causal language modelling on the window
+        if not spans:  # MaskMode.NONE, or nothing maskable: plain causal language modelling on the window
             input_ids = ids.astype(np.int64)
             labels, weights = input_ids.copy(), np.full(len(ids), self.config.visible_weight, dtype=np.float32)
         else:
             input_ids, labels, weights = build_infill(ids, spans, self.tokens, self.config.hidden_weight,
                                                       self.config.visible_weight)
         masked = sum(end - start for start, end in spans)
-        return {"input_ids": input_ids, "labels": labels, "loss_weights": weights, "mode": MODES.index(mode),
+        return {"input_ids": input_ids, "labels": labels, "loss_weights": weights, "mode": int(mode),
                 "masked_tokens": masked, "shortfall_tokens": shortfall}
 
 

@@ -3,27 +3,27 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
 import lightning as L
 import numpy as np
-import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from wuxia_lightning.data.corpus import resolve_sources, split_train_val
+from wuxia_lightning.batch import MaskMode
+from wuxia_lightning.data.collate import collate_right_padded
+from wuxia_lightning.data.corpus import IngestReport, resolve_sources, split_train_val
 from wuxia_lightning.data.masking import DynamicMasker, InfillTokens, MaskingConfig
 from wuxia_lightning.data.resumable import EpochIndexSampler, ResumableDataLoader, TrainLoaderPositions
 from wuxia_lightning.data.token_cache import IngestSettings, TokenizedDocument, load_or_build_many
 from wuxia_lightning.data.windows import TokenStream, build_stream
 from wuxia_lightning.errors import UserInputError
-from wuxia_lightning.io import cache_root
-from wuxia_lightning.modeling.loading import check_max_length, load_tokenizer
-from wuxia_lightning.nonfinite import SAMPLE_ID_KEYS
-from wuxia_lightning.tokens import END_OF_TEXT, IGNORE_INDEX
+from wuxia_lightning.io import atomic_write, cache_root, strict_json
+from wuxia_lightning.pretrained.tokenizer import check_max_length, load_tokenizer
+from wuxia_lightning.tokens import END_OF_TEXT
 
 log = logging.getLogger(__name__)
+INGEST_REPORT = "ingest_report.json"
 
 
 class MaskedWindowDataset(Dataset):
@@ -41,33 +41,11 @@ class MaskedWindowDataset(Dataset):
         if self.masker is None:  # plain causal LM (general-domain validation)
             ids64 = ids.astype(np.int64)
             sample = {"input_ids": ids64, "labels": ids64.copy(), "loss_weights": np.ones(len(ids), np.float32),
-                      "mode": 2, "masked_tokens": 0, "shortfall_tokens": 0}
+                      "mode": int(MaskMode.NONE), "masked_tokens": 0, "shortfall_tokens": 0}
         else:
             sample = self.masker(ids, function_word, special, epoch, index)
         # The sample's identity travels with it: logs and the non-finite guard can name it.
         return {**sample, "epoch": epoch, "index": index}
-
-
-def collate_right_padded(samples: Sequence[dict], pad_id: int) -> dict[str, torch.Tensor]:
-    length = max(len(sample["input_ids"]) for sample in samples)
-    batch = {
-        "input_ids": torch.full((len(samples), length), pad_id, dtype=torch.long),
-        "labels": torch.full((len(samples), length), IGNORE_INDEX, dtype=torch.long),
-        "loss_weights": torch.zeros((len(samples), length), dtype=torch.float32),
-        "attention_mask": torch.zeros((len(samples), length), dtype=torch.long),
-    }
-    for row, sample in enumerate(samples):
-        n = len(sample["input_ids"])
-        batch["input_ids"][row, :n] = torch.from_numpy(sample["input_ids"])
-        batch["labels"][row, :n] = torch.from_numpy(sample["labels"])
-        batch["loss_weights"][row, :n] = torch.from_numpy(sample["loss_weights"])
-        batch["attention_mask"][row, :n] = 1
-    for key in ("mode", "masked_tokens", "shortfall_tokens"):
-        batch[key] = torch.tensor([sample[key] for sample in samples], dtype=torch.long)
-    for key in SAMPLE_ID_KEYS:  # (epoch, index) of each row, where the dataset provides them
-        if all(key in sample for sample in samples):
-            batch[key] = torch.tensor([sample[key] for sample in samples], dtype=torch.long)
-    return batch
 
 
 def check_fills_a_window(stream: TokenStream, window: int, max_length: int, corpus: str | list[str]) -> None:
@@ -86,6 +64,10 @@ class StyleDataModule(L.LightningDataModule):
         corpus: style corpus — a file, folder or glob, or a list of them.
         general_corpus: optional general-domain text, validated as plain LM (the forgetting check).
         max_length: tokens per training sequence, infill tokens included.
+        batch_size: windows per batch (per device; ``trainer.accumulate_grad_batches`` multiplies it).
+        num_workers: DataLoader worker processes.
+        seed: the masking draws and the sampling order: every random choice of a sample comes from
+            (seed, epoch, index).
         val_fraction: share of documents (chapters) held out; the split is by document, never by window.
         to_simplified: convert Traditional → Simplified with OpenCC before anything else.
         drop_modern: drop paragraphs with modern vocabulary (the seed's 去除现代词汇).
@@ -148,10 +130,24 @@ class StyleDataModule(L.LightningDataModule):
             general, _ = self._load(self.hparams.general_corpus)
             self.streams["general"] = build_stream(general, eos, self.hparams.max_length)
         self.ingest_reports = reports
+        self._report_ingest(IngestReport(reports))
         self.masker = DynamicMasker(self.masking, InfillTokens.from_tokenizer(self.tokenizer),
                                     self.hparams.max_length)
         log.info("style corpus: %d train / %d val documents, %d / %d windows of %d tokens", len(train_docs),
                  len(val_docs), len(self.streams["train"]), len(self.streams["val"]), window)
+
+    def _report_ingest(self, report: IngestReport) -> None:
+        """What reading the corpus found — encoding per file, T→S conversion, lines each cleaning rule
+        dropped — on the console, and as ``ingest_report.json`` in the run's log folder."""
+        log.info("style corpus, as read:\n%s", report.format())
+        trainer = self.trainer
+        log_dir = trainer.log_dir if trainer is not None and trainer.loggers else None  # a collective: all ranks
+        if log_dir and trainer.is_global_zero:
+            path = Path(log_dir) / INGEST_REPORT
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, lambda temporary: temporary.write_text(strict_json(report.to_dict(), indent=2),
+                                                                       encoding="utf-8"))
+            log.info("wrote %s", path)
 
     def corpus_texts(self, split: str = "train") -> list[str]:
         """Cleaned texts of one split's documents (for style metrics: the corpus the style comes from)."""

@@ -1,9 +1,11 @@
-"""LoRA adapters: creation, freezing, and atomic saving in peft's own layout."""
+"""LoRA adapters: creation, which are active and trainable, the frozen reference, atomic saving in peft's
+own layout."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -38,6 +40,34 @@ def restore_trainable(model: torch.nn.Module, names: set[str]) -> None:
     ``set_adapter``; we re-assert the set we meant instead of trusting either (PITFALLS.md)."""
     for name, param in model.named_parameters():
         param.requires_grad_(name in names)
+
+
+def activate(peft_model, adapters: Sequence[str]) -> None:
+    """Make every adapter in ``adapters`` active. peft's ``set_adapter`` on the LoRA model takes a list
+    but also marks them all trainable; callers re-assert the trainable set afterwards."""
+    peft_model.base_model.set_adapter(list(adapters))
+
+
+@contextmanager
+def frozen_reference(peft_model, adapters: Sequence[str] = ()) -> Iterator[torch.nn.Module]:
+    """The reference model of a KL term, as the same network: every adapter off (``adapters`` empty: the
+    base model) or only ``adapters`` on (stage 2's style-only reference), and no gradients. On exit the
+    adapters that were active and exactly the parameters that were trainable are back: peft re-enables
+    gradients on leaving ``disable_adapter()`` and on ``set_adapter`` (PITFALLS.md)."""
+    trainable = trainable_names(peft_model)
+    active = list(peft_model.base_model.active_adapters)
+    try:
+        with torch.no_grad():
+            if adapters:
+                activate(peft_model, adapters)
+                yield peft_model
+            else:
+                with peft_model.disable_adapter():
+                    yield peft_model
+    finally:
+        if adapters:
+            activate(peft_model, active)
+        restore_trainable(peft_model, trainable)
 
 
 def save_adapter_atomically(peft_model, adapter_name: str, out_dir: str | Path, tokenizer=None,

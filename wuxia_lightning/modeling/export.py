@@ -270,7 +270,7 @@ def check_base_vocabulary(base: str, vocabulary: int) -> None:
     base's embedding lacks (training resized it), since no LoRA server would resize it."""
     from transformers import AutoConfig
 
-    from wuxia_lightning.modeling.tiny import resolve_model_path
+    from wuxia_lightning.pretrained.tiny import resolve_model_path
 
     try:
         config = AutoConfig.from_pretrained(resolve_model_path(base))
@@ -289,13 +289,8 @@ def export_merged(folder: Path, out: Path, manifest: dict, info: dict, scales: d
     weights would round the result, peft issue 2321), adapters at their scales, merged, saved."""
     from wuxia_lightning.modeling.stacking import load_stacked
 
-    try:
-        model, _ = load_stacked(folder, model_name_or_path=info["base_model"], dtype=info["dtype"],
-                                quantization="none", style_scale=scales[STYLE], instruct_scale=scales[INSTRUCT])
-    except OSError as error:  # a missing / unreachable base model is the user's to fix
-        raise UserInputError(f"cannot load the base model {info['base_model']!r}: "
-                             f"{str(error).strip().splitlines()[0]}; pass --base with a local copy of it",
-                             path=str(folder)) from error
+    model, _ = load_stacked(folder, model_name_or_path=info["base_model"], dtype=info["dtype"],
+                            quantization="none", style_scale=scales[STYLE], instruct_scale=scales[INSTRUCT])
     adapters = list(manifest["adapters"])
     # Name the adapters explicitly: merging only the "current" one would silently drop the style adapter.
     merged = model.merge_and_unload(safe_merge=True, adapter_names=adapters)
@@ -311,8 +306,7 @@ def export_merged(folder: Path, out: Path, manifest: dict, info: dict, scales: d
 
 def export_tokenizer(folder: Path):
     """The folder's tokenizer with a chat template (a stage-1 folder's base tokenizer may have none)."""
-    from wuxia_lightning.data.chat_encoding import ensure_chat_template
-    from wuxia_lightning.modeling.loading import load_saved_tokenizer
+    from wuxia_lightning.pretrained.tokenizer import ensure_chat_template, load_saved_tokenizer
 
     tokenizer = load_saved_tokenizer(folder)
     ensure_chat_template(tokenizer)

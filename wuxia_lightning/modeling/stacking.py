@@ -15,7 +15,9 @@ import torch
 
 from wuxia_lightning.errors import UserInputError
 from wuxia_lightning.io import staged_directory, strict_json
-from wuxia_lightning.modeling.loading import Precision, Quantization, load_base_model, load_saved_tokenizer
+from wuxia_lightning.modeling.adapters import activate
+from wuxia_lightning.modeling.loading import Precision, Quantization, load_base_model
+from wuxia_lightning.pretrained.tokenizer import load_saved_tokenizer
 from wuxia_lightning.tokens import STOP_TOKENS
 
 STYLE, INSTRUCT = "style", "instruct"
@@ -101,12 +103,6 @@ def _same_model(a: str, b: str) -> bool:
     return Path(a.rstrip("/")).name.lower() == Path(b.rstrip("/")).name.lower()
 
 
-def activate(peft_model, adapters: list[str]) -> None:
-    """Make every adapter in ``adapters`` active. peft's ``set_adapter`` on the LoRA model takes a list
-    but also marks them all trainable; callers re-assert the trainable set afterwards."""
-    peft_model.base_model.set_adapter(adapters)
-
-
 def save_stacked(peft_model, out_dir: str | Path, tokenizer, manifest: dict) -> Path:
     """Both adapters in peft's layout (``style/``, ``instruct/``), tokenizer, generation config, manifest."""
     out_dir = Path(out_dir)
@@ -157,9 +153,14 @@ def load_stacked(folder: str | Path, *, model_name_or_path: str | None = None, d
     """
     folder = Path(folder)
     manifest = read_manifest(folder)
-    base = load_base_model(model_name_or_path or manifest["base_model"],
-                           tokenizer_name_or_path=manifest.get("tokenizer"), dtype=dtype,
-                           quantization=quantization, trust_remote_code=trust_remote_code)
+    base_name = model_name_or_path or manifest["base_model"]
+    try:
+        base = load_base_model(base_name, tokenizer_name_or_path=manifest.get("tokenizer"), dtype=dtype,
+                               quantization=quantization, trust_remote_code=trust_remote_code)
+    except OSError as error:  # a missing / unreachable base model is the user's to fix
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserInputError(f"cannot load the base model {base_name!r}: {reason}; pass --base with a local "
+                             "copy of it", path=str(folder)) from error
     adapters = manifest["adapters"]
     if adapters == [STYLE] and (folder / "adapter_config.json").exists():  # a stage-1 output folder
         model = attach_style(base, folder)
@@ -172,6 +173,11 @@ def load_stacked(folder: str | Path, *, model_name_or_path: str | None = None, d
     model.requires_grad_(False)
     model.eval()
     return model, load_saved_tokenizer(folder, trust_remote_code=trust_remote_code)
+
+
+def is_style_only(manifest: dict) -> bool:
+    """A stage-1 folder (one style adapter): it continues text, it does not chat."""
+    return manifest.get("stage") == "style" or manifest.get("adapters") == [STYLE]
 
 
 def set_adapter_scales(peft_model, scales: dict[str, float]) -> None:

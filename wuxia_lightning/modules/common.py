@@ -1,33 +1,58 @@
-"""Pieces both stages share: model hooks, adapter-only checkpoints, output-folder protection,
-the non-finite guard."""
+"""Pieces both stages share: the settings every adapter run has, adapter-only checkpoints, output-folder
+protection, the always-on callbacks, the optimizer."""
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
 
-from wuxia_lightning.checkpointing import AtomicCheckpoints
+from wuxia_lightning.callbacks.checkpointing import AtomicCheckpoints
+from wuxia_lightning.callbacks.nonfinite import NonFiniteGuard, assert_finite_parameters
+from wuxia_lightning.callbacks.output_lock import OutputFolderLock
+from wuxia_lightning.callbacks.progress import batch_tokens
+from wuxia_lightning.callbacks.rng_state import RngStateCheckpoint
 from wuxia_lightning.errors import UserInputError
-from wuxia_lightning.modeling.loading import load_tokenizer
-from wuxia_lightning.nonfinite import NonFiniteGuard, assert_finite_parameters
-from wuxia_lightning.objectives.losses import TokenLossSums, chunked_ce_kl, select_loss_positions
-from wuxia_lightning.output_lock import OutputFolderLock
-from wuxia_lightning.progress import batch_tokens
-from wuxia_lightning.rng_state import RngStateCheckpoint
+from wuxia_lightning.metrics import registry as names
+from wuxia_lightning.modules.optimization import adamw_with_cosine_schedule
+from wuxia_lightning.objectives.causal_lm import final_hidden_states, token_loss_sums
+from wuxia_lightning.objectives.losses import TokenLossSums
+from wuxia_lightning.pretrained.tokenizer import load_tokenizer
 
-# Used when a subclass has no ``max_bad_steps`` hyper-parameter (yet).
-DEFAULT_MAX_BAD_STEPS = 10
+
+@dataclass(frozen=True)
+class RunSettings:
+    """The hyper-parameters :class:`AdapterModule` itself reads. Each stage declares them in its own
+    ``__init__`` (the YAML schema LightningCLI builds from), and saves them with ``save_hyperparameters``;
+    a stage that lacks one fails in ``setup``, before the model loads, not hours later at a checkpoint."""
+
+    model_name_or_path: str
+    tokenizer_name_or_path: str | None
+    learning_rate: float
+    weight_decay: float
+    warmup_steps: int
+    loss_chunk_size: int
+    output_dir: str | None
+    overwrite_output: bool
+    max_bad_steps: int
+    trust_remote_code: bool
+
+    @classmethod
+    def from_hparams(cls, hparams: Any) -> RunSettings:
+        missing = [f.name for f in fields(cls) if f.name not in hparams]
+        if missing:
+            raise TypeError(f"an AdapterModule must declare the hyper-parameters {missing}")
+        return cls(**{f.name: hparams[f.name] for f in fields(cls)})
 
 
 class AdapterModule(L.LightningModule):
     """A LightningModule around a peft model (``self.peft_model``, built in ``configure_model``) whose
-    checkpoints hold only the trainable tensors.
-
-    Subclasses may declare the hyper-parameters ``max_bad_steps`` (non-finite guard) and
-    ``trust_remote_code`` (model/tokenizer loading); without them the safe defaults apply.
+    checkpoints hold only the trainable tensors. Subclasses call ``save_hyperparameters()``; this class
+    reads only :class:`RunSettings`.
     """
 
     def __init__(self) -> None:
@@ -36,11 +61,19 @@ class AdapterModule(L.LightningModule):
         self._batch_started = 0.0
         self._tokenizer = None
 
+    @property
+    def settings(self) -> RunSettings:
+        return RunSettings.from_hparams(self.hparams)
+
+    def setup(self, stage: str) -> None:
+        self.settings  # noqa: B018 - a stage that lacks a setting fails here, before any model is loaded
+
     def tokenizer(self):
         """The tokenizer saved beside the adapters: loaded once, not again at every checkpoint."""
         if self._tokenizer is None:
-            self._tokenizer = load_tokenizer(self.hparams.model_name_or_path, self.hparams.tokenizer_name_or_path,
-                                             trust_remote_code=self.hparams.get("trust_remote_code", False))
+            run = self.settings
+            self._tokenizer = load_tokenizer(run.model_name_or_path, run.tokenizer_name_or_path,
+                                             trust_remote_code=run.trust_remote_code)
         return self._tokenizer
 
     # ---- forward pieces -------------------------------------------------------------------------
@@ -48,18 +81,12 @@ class AdapterModule(L.LightningModule):
         return self.peft_model.get_base_model()
 
     def hidden_states(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Final hidden states with the currently active adapters; the LM head is applied chunked later."""
-        decoder = self.causal_lm().get_decoder()
-        return decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        """Final hidden states with the currently active adapters (see ``objectives.causal_lm``)."""
+        return final_hidden_states(self.causal_lm(), batch)
 
-    def token_losses(self, batch: dict[str, torch.Tensor], ref_hidden: torch.Tensor | None = None,
-                     chunk_size: int = 256) -> TokenLossSums:
+    def token_losses(self, batch: dict[str, torch.Tensor], ref_hidden: torch.Tensor | None = None) -> TokenLossSums:
         """CE (and KL to ``ref_hidden``'s distribution) over the labelled positions, chunked."""
-        hidden = self.hidden_states(batch)
-        selected, targets, weights, mask = select_loss_positions(hidden, batch["labels"], batch.get("loss_weights"))
-        ref_selected = ref_hidden[:, :-1][mask] if ref_hidden is not None else None
-        return chunked_ce_kl(selected, targets, weights, self.causal_lm().get_output_embeddings(),
-                             ref_selected, chunk_size=chunk_size)
+        return token_loss_sums(self.causal_lm(), batch, ref_hidden, self.settings.loss_chunk_size)
 
     # ---- throughput -----------------------------------------------------------------------------
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
@@ -68,10 +95,10 @@ class AdapterModule(L.LightningModule):
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         elapsed = time.perf_counter() - self._batch_started
         tokens = batch_tokens(batch)  # stage 2 with replay: chat tokens
-        self.log("train/tokens_per_s", tokens / max(elapsed, 1e-9), on_step=True, prog_bar=True)
+        self.log(names.TRAIN_TOKENS_PER_S, tokens / max(elapsed, 1e-9), on_step=True, prog_bar=True)
 
     def on_fit_start(self) -> None:
-        check_output_dir(self.hparams.output_dir, self.hparams.overwrite_output,
+        check_output_dir(self.settings.output_dir, self.settings.overwrite_output,
                          resuming=self.trainer.ckpt_path is not None)
         # from_pretrained returns eval-mode modules and Lightning keeps per-module modes: say what we mean.
         self.peft_model.train()
@@ -85,8 +112,7 @@ class AdapterModule(L.LightningModule):
         writer per output folder, checkpoints written atomically and carrying the RNG states (an exact
         resume). Module callbacks replace trainer callbacks of the same type, so a ``NonFiniteGuard``
         given in the config is superseded by ``--model.max_bad_steps``."""
-        max_bad_steps = self.hparams.get("max_bad_steps", DEFAULT_MAX_BAD_STEPS)
-        return [NonFiniteGuard(max_bad_steps), OutputFolderLock(self.hparams.get("output_dir")),
+        return [NonFiniteGuard(self.settings.max_bad_steps), OutputFolderLock(self.settings.output_dir),
                 AtomicCheckpoints(), RngStateCheckpoint()]
 
     def save_outputs(self) -> None:
@@ -101,14 +127,10 @@ class AdapterModule(L.LightningModule):
         self.save_outputs()  # the peft folder follows every checkpoint
 
     def configure_optimizers(self):
-        from transformers import get_cosine_schedule_with_warmup
-
-        params = [p for p in self.peft_model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=self.hparams.learning_rate, weight_decay=self.hparams.weight_decay)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = min(self.hparams.warmup_steps, total // 2)
-        scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, total)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        run = self.settings
+        return adamw_with_cosine_schedule([p for p in self.peft_model.parameters() if p.requires_grad],
+                                          run.learning_rate, run.weight_decay, run.warmup_steps,
+                                          int(self.trainer.estimated_stepping_batches))
 
 
 def check_output_dir(output_dir: str | None, overwrite: bool, resuming: bool) -> None:

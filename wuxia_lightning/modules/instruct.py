@@ -13,15 +13,17 @@ from typing import Literal
 
 import torch
 
-from wuxia_lightning.data.chat_encoding import ensure_chat_template
 from wuxia_lightning.evaluation import StyleScorer
 from wuxia_lightning.generation import GenerationSettings, generate_replies
 from wuxia_lightning.io import atomic_write, strict_json
+from wuxia_lightning.metrics import registry as names
 from wuxia_lightning.metrics.perplexity import TokenPerplexity
 from wuxia_lightning.metrics.stopping import StopRate
 from wuxia_lightning.modeling.adapters import (
     ALL_LINEAR,
+    activate,
     adapter_parameter_names,
+    frozen_reference,
     lora_config,
     restore_trainable,
 )
@@ -30,13 +32,13 @@ from wuxia_lightning.modeling.stacking import (
     INSTRUCT,
     MANIFEST,
     STYLE,
-    activate,
     attach_style,
     load_stacked,
     read_manifest,
     save_stacked,
 )
 from wuxia_lightning.modules.common import AdapterModule
+from wuxia_lightning.pretrained.tokenizer import ensure_chat_template
 
 AdapterMode = Literal["stacked", "continue_style", "composed"]
 
@@ -54,13 +56,16 @@ class InstructModule(AdapterModule):
             training the style adapter itself). docs/replication compares them.
         lora_r / lora_alpha / lora_dropout / lora_target_modules: the new instruct adapter (seed: 64/128).
         dtype / quantization / gradient_checkpointing: as in stage 1.
-        learning_rate / weight_decay / warmup_steps / loss_chunk_size: optimisation.
+        learning_rate / weight_decay / warmup_steps: AdamW with cosine decay after linear warmup.
+        loss_chunk_size: positions per chunk of the LM head in the loss (peak ≈ chunk × vocab floats).
         output_dir: the stacked folder (both adapters, tokenizer, generation config, manifest); predict
             loads the model from here and writes predictions.jsonl into it.
         overwrite_output: allow replacing an existing, non-empty output_dir / predictions file.
         max_new_tokens / do_sample / temperature / top_p: generation in predict and validation.
         eval_style_corpus: the style corpus (file, folder, glob) that replies are scored against
             (n-gram overlap, function words, distinct-n) in validation and predict; None skips style scores.
+        eval_to_simplified: convert that corpus to Simplified characters first, as the shipped stage-1
+            configs convert the training corpus (``data.to_simplified``); set it the same way as there.
         eval_samples: validation replies generated per epoch (from the val dialogues' prompts) to measure
             the stop rate and style; 0 disables.
         replay_beta: weight of KL(style+instruct ‖ style only) on style-corpus windows served beside each
@@ -81,6 +86,7 @@ class InstructModule(AdapterModule):
                  loss_chunk_size: int = 256, output_dir: str | None = None, overwrite_output: bool = False,
                  max_new_tokens: int = 128, do_sample: bool = False, temperature: float = 0.7,
                  top_p: float = 0.9, eval_style_corpus: str | list[str] | None = None,
+                 eval_to_simplified: bool = True,
                  eval_samples: int = 8, replay_beta: float = 0.0, style_scale: float = 1.0,
                  instruct_scale: float = 1.0, max_bad_steps: int = 10, trust_remote_code: bool = False) -> None:
         super().__init__()
@@ -143,32 +149,30 @@ class InstructModule(AdapterModule):
     # ---- training -------------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         chat, replay = (batch["chat"], batch["replay"]) if "chat" in batch else (batch, None)
-        sums = self.token_losses(chat, chunk_size=self.hparams.loss_chunk_size)
+        sums = self.token_losses(chat)
         loss = sums.mean_ce()
-        logs = {"train/ce": loss, "train/ppl": torch.exp(sums.nll / sums.tokens.clamp_min(1))}
+        logs = {names.TRAIN_CE: loss, names.TRAIN_PPL: torch.exp(sums.nll / sums.tokens.clamp_min(1))}
         if self.hparams.replay_beta > 0:
             if replay is None:
                 raise ValueError("--model.replay_beta > 0 needs style windows: set --data.replay_corpus")
-            logs["train/replay_kl"] = self.replay_kl(replay)
-            loss = loss + self.hparams.replay_beta * logs["train/replay_kl"]
-        logs["train/loss"] = loss
+            logs[names.TRAIN_REPLAY_KL] = self.replay_kl(replay)
+            loss = loss + self.hparams.replay_beta * logs[names.TRAIN_REPLAY_KL]
+        logs[names.TRAIN_LOSS] = loss
         self.log_dict(logs, on_step=True, prog_bar=True, batch_size=chat["input_ids"].shape[0])
         return loss
 
     def replay_kl(self, replay: dict[str, torch.Tensor]) -> torch.Tensor:
         """Mean KL(style+instruct ‖ style only) over style-corpus windows: zero while instruct is zero."""
-        with torch.no_grad():
-            activate(self.peft_model, [STYLE])
+        with frozen_reference(self.peft_model, [STYLE]):
             reference = self.hidden_states(replay)
-        self._activate(self.training_adapters)
-        return self.token_losses(replay, reference, chunk_size=self.hparams.loss_chunk_size).mean_kl()
+        return self.token_losses(replay, reference).mean_kl()
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        sums = self.token_losses(batch, chunk_size=self.hparams.loss_chunk_size)
+        sums = self.token_losses(batch)
         size = batch["input_ids"].shape[0]
         self.val_ppl.update(sums.nll.detach().double(), sums.tokens)
-        self.log("val/loss", sums.mean_ce(), on_epoch=True, batch_size=size, sync_dist=True)
-        self.log("val/ppl", self.val_ppl, on_epoch=True, batch_size=size)
+        self.log(names.VAL_LOSS, sums.mean_ce(), on_epoch=True, batch_size=size, sync_dist=True)
+        self.log(names.VAL_PPL, self.val_ppl, on_epoch=True, batch_size=size)
 
     def on_fit_end(self) -> None:
         if self.hparams.adapter_mode != "continue_style":
@@ -201,7 +205,8 @@ class InstructModule(AdapterModule):
         if not prompts or self.trainer.sanity_checking:
             return
         rows = self.reply_to(prompts[self.trainer.global_rank::self.trainer.world_size])
-        self.log_dict({f"val/{k}": v for k, v in self.summarise(rows).items() if k != "prompts"},
+        self.log_dict({names.score_key(names.STAGE2_PREFIX, k): v for k, v in self.summarise(rows).items()
+                       if k != "prompts"},
                       rank_zero_only=True)
 
     # ---- prediction -----------------------------------------------------------------------------
@@ -250,10 +255,8 @@ class InstructModule(AdapterModule):
 
     def style_scorer(self) -> StyleScorer | None:
         if self._scorer is None and self.hparams.eval_style_corpus:
-            from wuxia_lightning.data.corpus import read_corpus
-
-            documents, _ = read_corpus(self.hparams.eval_style_corpus, to_simplified=True)
-            self._scorer = StyleScorer([d.text for d in documents])
+            self._scorer = StyleScorer.from_corpus(self.hparams.eval_style_corpus,
+                                                   to_simplified=self.hparams.eval_to_simplified)
         return self._scorer
 
 

@@ -13,7 +13,8 @@ import lightning as L
 import torch
 
 from wuxia_lightning.io import staged_directory
-from wuxia_lightning.objectives.losses import chunked_ce_kl, select_loss_positions
+from wuxia_lightning.modules.optimization import adamw_with_cosine_schedule
+from wuxia_lightning.objectives.causal_lm import token_loss_sums
 
 
 class CausalLMPretrainModule(L.LightningModule):
@@ -29,12 +30,7 @@ class CausalLMPretrainModule(L.LightningModule):
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
 
     def mean_nll(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        hidden = self.model.get_decoder()(input_ids=batch["input_ids"],
-                                          attention_mask=batch["attention_mask"]).last_hidden_state
-        selected, targets, weights, _ = select_loss_positions(hidden, batch["labels"])
-        sums = chunked_ce_kl(selected, targets, weights, self.model.get_output_embeddings(),
-                             chunk_size=self.hparams.loss_chunk_size)
-        return sums.mean_ce()
+        return token_loss_sums(self.model, batch, chunk_size=self.hparams.loss_chunk_size).mean_ce()
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self.mean_nll(batch)
@@ -42,18 +38,14 @@ class CausalLMPretrainModule(L.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        from transformers import get_cosine_schedule_with_warmup
-
-        optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.hparams.learning_rate,
-                                      weight_decay=self.hparams.weight_decay)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        scheduler = get_cosine_schedule_with_warmup(optimizer, min(self.hparams.warmup_steps, total // 2), total)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        hp = self.hparams
+        return adamw_with_cosine_schedule(self.model.parameters(), hp.learning_rate, hp.weight_decay,
+                                          hp.warmup_steps, int(self.trainer.estimated_stepping_batches))
 
     def on_fit_end(self) -> None:
         if self.trainer.global_rank != 0:
             return
-        from wuxia_lightning.modeling.loading import load_saved_tokenizer
+        from wuxia_lightning.pretrained.tokenizer import load_saved_tokenizer
 
         tokenizer = load_saved_tokenizer(self.hparams.model_dir)
         with staged_directory(Path(self.hparams.output_dir), replace=True) as staging:

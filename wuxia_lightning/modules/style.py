@@ -10,23 +10,20 @@ from collections.abc import Sequence
 
 import torch
 
-from wuxia_lightning.data.masking import MODES
-from wuxia_lightning.evaluation import StyleEvaluation
+from wuxia_lightning.batch import MaskMode
+from wuxia_lightning.callbacks.style_samples import StyleSampleEvaluation
+from wuxia_lightning.metrics import registry as names
 from wuxia_lightning.metrics.perplexity import TokenPerplexity
 from wuxia_lightning.modeling.adapters import (
     ALL_LINEAR,
+    frozen_reference,
     lora_config,
-    restore_trainable,
     save_adapter_atomically,
-    trainable_names,
 )
-from wuxia_lightning.modeling.loading import (
-    Precision,
-    Quantization,
-    added_infill_token_ids,
-    load_base_model,
-)
+from wuxia_lightning.modeling.loading import Precision, Quantization, load_base_model
 from wuxia_lightning.modules.common import AdapterModule
+from wuxia_lightning.objectives.causal_lm import StyleAlignmentLoss, style_alignment_loss
+from wuxia_lightning.pretrained.tokenizer import added_infill_token_ids
 
 ADAPTER = "style"
 
@@ -52,9 +49,14 @@ class StyleAlignmentModule(AdapterModule):
             warning logged); this many in a row stop training with an error (the run has diverged).
         trust_remote_code: run Python code shipped with the base model / tokenizer (``auto_map``). Off
             unless asked: only for checkpoints whose code you have read or trust.
-        eval_prompts: a text file of prompts (one per line); at each validation the first
-            ``eval_samples`` are continued (``eval_max_new_tokens`` tokens, sampled with a fixed seed) by
-            the styled model — and once by the base — and scored against the training corpus.
+        eval_prompts: a text file of prompts (one per line); at each validation the first prompts are
+            continued by the styled model — and once by the base — and scored against the training corpus
+            (``StyleSampleEvaluation``, a callback this module adds). None: no sampled evaluation.
+        eval_samples: how many prompts are continued at each validation.
+        eval_max_new_tokens: tokens generated per continuation.
+        eval_temperature / eval_top_p: sampling settings of the continuations.
+        eval_seed: the sampling seed, the same for the base and for every epoch, so scores move only
+            because the adapter did.
     """
 
     def __init__(self, model_name_or_path: str = "tiny-qwen2", tokenizer_name_or_path: str | None = None,
@@ -64,13 +66,13 @@ class StyleAlignmentModule(AdapterModule):
                  learning_rate: float = 2e-4, weight_decay: float = 0.0, warmup_steps: int = 10,
                  loss_chunk_size: int = 256, output_dir: str | None = None,
                  overwrite_output: bool = False, eval_prompts: str | None = None, eval_samples: int = 8,
-                 eval_max_new_tokens: int = 64, max_bad_steps: int = 10,
+                 eval_max_new_tokens: int = 64, eval_temperature: float = 0.8, eval_top_p: float = 0.95,
+                 eval_seed: int = 0, max_bad_steps: int = 10,
                  trust_remote_code: bool = False) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.peft_model = None
-        self.val_ppl = torch.nn.ModuleDict({"style": TokenPerplexity(), "general": TokenPerplexity()})
-        self.style_eval = StyleEvaluation(eval_prompts, eval_samples, eval_max_new_tokens)
+        self.val_ppl = torch.nn.ModuleDict({loader: TokenPerplexity() for loader in names.STYLE_LOADERS})
 
     def configure_model(self) -> None:
         if self.peft_model is not None:
@@ -86,51 +88,53 @@ class StyleAlignmentModule(AdapterModule):
                                             trust_remote_code=hp.trust_remote_code)
         config = lora_config(hp.lora_r, hp.lora_alpha, hp.lora_dropout, hp.lora_target_modules, new_tokens)
         self.peft_model = get_peft_model(base, config, adapter_name=ADAPTER)
-        self._trainable = trainable_names(self.peft_model)
 
     # ---- loss -----------------------------------------------------------------------------------
     def reference_hidden(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """The base model's hidden states (adapter off): β = 0 skips this pass entirely."""
         if self.hparams.kl_beta == 0:
             return None
-        with torch.no_grad(), self.peft_model.disable_adapter():
-            hidden = self.hidden_states(batch)
-        restore_trainable(self.peft_model, self._trainable)  # leaving disable_adapter() re-enables grads
-        return hidden
+        with frozen_reference(self.peft_model):
+            return self.hidden_states(batch)
 
-    def step_losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        ref_hidden = self.reference_hidden(batch)
-        sums = self.token_losses(batch, ref_hidden, chunk_size=self.hparams.loss_chunk_size)
-        ce, kl = sums.mean_ce(), sums.mean_kl()
-        return {"loss": ce + self.hparams.kl_beta * kl, "ce": ce, "kl": kl, "nll": sums.nll, "tokens": sums.tokens}
+    def step_losses(self, batch: dict[str, torch.Tensor]) -> StyleAlignmentLoss:
+        return style_alignment_loss(self.causal_lm(), batch, self.hparams.kl_beta, self.reference_hidden(batch),
+                                    self.hparams.loss_chunk_size)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         out = self.step_losses(batch)
         size = batch["input_ids"].shape[0]
-        ppl = torch.exp(out["nll"] / out["tokens"].clamp_min(1))
-        self.log_dict({"train/loss": out["loss"], "train/ce": out["ce"], "train/kl": out["kl"],
-                       "train/ppl": ppl}, on_step=True, prog_bar=True, batch_size=size)
+        self.log_dict({names.TRAIN_LOSS: out.loss, names.TRAIN_CE: out.ce, names.TRAIN_KL: out.kl,
+                       names.TRAIN_PPL: out.perplexity()}, on_step=True, prog_bar=True, batch_size=size)
         self.log_dict(mode_shares(batch["mode"]), on_step=True, batch_size=size)
-        return out["loss"]
+        return out.loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         name = self._loader_name(dataloader_idx)
         out = self.step_losses(batch)
         size = batch["input_ids"].shape[0]
-        self.val_ppl[name].update(out["nll"].detach().double(), out["tokens"])
-        self.log_dict({f"val_{name}/loss": out["loss"], f"val_{name}/ce": out["ce"], f"val_{name}/kl": out["kl"]},
+        self.val_ppl[name].update(out.nll_sum.detach().double(), out.tokens)
+        self.log_dict({names.val_key(name, "loss"): out.loss, names.val_key(name, "ce"): out.ce,
+                       names.val_key(name, "kl"): out.kl},
                       on_epoch=True, batch_size=size, add_dataloader_idx=False, sync_dist=True)
-        self.log(f"val_{name}/ppl", self.val_ppl[name], on_epoch=True, batch_size=size, add_dataloader_idx=False)
+        self.log(names.val_key(name, "ppl"), self.val_ppl[name], on_epoch=True, batch_size=size,
+                 add_dataloader_idx=False)
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         self.validation_step(batch, batch_idx, dataloader_idx)
 
-    def on_validation_epoch_end(self) -> None:
-        if self.hparams.eval_prompts and not self.trainer.sanity_checking:
-            self.style_eval.run(self)
+    def configure_callbacks(self) -> list:
+        """The always-on callbacks, plus sampled-continuation scoring when ``eval_prompts`` is given."""
+        hp = self.hparams
+        if not hp.eval_prompts:
+            return super().configure_callbacks()
+        return [*super().configure_callbacks(),
+                StyleSampleEvaluation(hp.eval_prompts, hp.eval_samples, hp.eval_max_new_tokens,
+                                      hp.eval_temperature, hp.eval_top_p, hp.eval_seed)]
 
     def _loader_name(self, dataloader_idx: int) -> str:
-        names: Sequence[str] = getattr(self.trainer.datamodule, "val_loader_names", ["style", "general"])
-        return names[dataloader_idx]
+        loaders: Sequence[str] = getattr(self.trainer.datamodule, "val_loader_names", names.STYLE_LOADERS)
+        return loaders[dataloader_idx]
 
     # ---- outputs --------------------------------------------------------------------------------
     def save_outputs(self) -> None:
@@ -143,5 +147,5 @@ class StyleAlignmentModule(AdapterModule):
 
 def mode_shares(modes: torch.Tensor) -> dict[str, torch.Tensor]:
     """Share of each masking mode in the batch (float, for logging)."""
-    counts = torch.bincount(modes, minlength=len(MODES)).float() / max(1, modes.numel())
-    return {f"train/share_{mode}": counts[i] for i, mode in enumerate(MODES)}
+    counts = torch.bincount(modes, minlength=len(MaskMode)).float() / max(1, modes.numel())
+    return {names.share_key(mode): counts[mode] for mode in MaskMode}

@@ -1,7 +1,7 @@
 """Which samples each training step saw: one JSON line per step, (epoch, index) of every row.
 
 For audits (was a window served twice after a resume?) and for the resume test. Opt in with
-``--trainer.callbacks+=wuxia_lightning.sample_log.SampleIdLog --trainer.callbacks.path=FILE``.
+``--trainer.callbacks+=wuxia_lightning.callbacks.sample_log.SampleIdLog --trainer.callbacks.path=FILE``.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from typing import Any
 
 import lightning as L
 
+from wuxia_lightning.callbacks.nonfinite import sample_ids
 from wuxia_lightning.io import strict_json
-from wuxia_lightning.nonfinite import sample_ids
 
 
 class SampleIdLog(L.Callback):

@@ -15,10 +15,10 @@ from collections.abc import Iterable, Mapping
 import lightning as L
 import torch
 
+from wuxia_lightning.batch import SAMPLE_ID_KEYS
+
 log = logging.getLogger(__name__)
 
-# Keys under which a batch may carry its samples' identities (the style sampler draws (epoch, index)).
-SAMPLE_ID_KEYS = ("epoch", "index")
 
 
 class NonFiniteTrainingError(RuntimeError):

@@ -1,62 +1,73 @@
 """Tiny Qwen2/Qwen3 models built offline, so every path runs without the hub.
 
-The tokenizer is either trained here with the `tokenizers` library (byte-level BPE, so any text
-round-trips) and given Qwen's special tokens and a ChatML template, or the real Qwen2.5 tokenizer
-files when a folder holding them is given. The model gets tiny dimensions and random weights; it
-loads with plain ``AutoModelForCausalLM.from_pretrained`` like any hub checkpoint.
+The tokenizer is either trained here with the `tokenizers` library — BPE over whole characters, so a
+decoded token is never half a Chinese character (no U+FFFD), with Qwen's special and FIM tokens and a
+ChatML template — or the real Qwen2.5 tokenizer files when a folder holding them is given. The model gets
+tiny dimensions; with the trained tokenizer it is briefly pre-trained on the shipped sample text,
+converted to Simplified exactly as the shipped configs convert the stage-1 corpus. It loads with plain
+``AutoModelForCausalLM.from_pretrained`` like any hub checkpoint.
 """
 
 from __future__ import annotations
 
 import hashlib
+import string
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
 
 from wuxia_lightning.io import cache_root, staged_directory
-from wuxia_lightning.tokens import CHATML_TEMPLATE, END_OF_TEXT, QWEN_SPECIAL_TOKENS
+from wuxia_lightning.sources import decode_file, resolve_paths, to_simplified_chinese
+from wuxia_lightning.tokens import CHATML_TEMPLATE, END_OF_TEXT, IM_END, QWEN_SPECIAL_TOKENS
 
 ARCHITECTURES = ("qwen2", "qwen3")
 TINY_PREFIX = "tiny-"
 DEFAULT_PRETRAIN_STEPS = 150
-DEFAULT_TRAIN_TEXT = Path(__file__).resolve().parents[2] / "data" / "sample" / "style"
+SAMPLE_DATA = Path(__file__).resolve().parents[2] / "data" / "sample"
+DEFAULT_TRAIN_TEXT = (SAMPLE_DATA / "style", SAMPLE_DATA / "general")
+UNKNOWN = "<|unk|>"
+# Pre-tokenizer pieces (every character falls in exactly one class, so nothing is dropped).
+PIECES = r"\p{L}+|\p{N}+|[^\s\p{L}\p{N}]+|\s+"
 
 
 def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 4000,
                         special_tokens: Sequence[str] = QWEN_SPECIAL_TOKENS):
-    """A byte-level BPE tokenizer with Qwen's special tokens and a ChatML chat template."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    """BPE whose alphabet is whole characters (not bytes): merges build words out of characters, and a
+    character never seen in ``texts`` becomes ``<|unk|>`` rather than byte pieces that decode to U+FFFD.
+
+    Pieces are split as GPT-2 / Qwen split them — runs of letters, of digits, of punctuation, of
+    whitespace — so merges never glue a full stop to the next word: a reply's final "？" stays the
+    common token it is in the corpus, and the model can learn that <|im_end|> follows it."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    backend = Tokenizer(models.BPE(unk_token=UNKNOWN))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(PIECES), behavior="isolated")
+    backend.decoder = decoders.Fuse()  # pieces join without separators
+    # Printable ASCII is always in: chat roles ("user", "assistant") and Latin text are spelled with it.
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[*special_tokens, UNKNOWN],
+                                  initial_alphabet=list(string.printable), show_progress=False)
+    backend.train_from_iterator(texts, trainer=trainer)
+    return _wrap(backend, special_tokens)
+
+
+def _wrap(backend, special_tokens: Sequence[str]):
+    """A transformers tokenizer around ``backend``: Qwen's eos/pad conventions and a ChatML template."""
     from transformers import PreTrainedTokenizerFast
 
-    backend = Tokenizer(models.BPE())
-    # Byte level without the GPT-2 regex, like Qwen: Chinese has no spaces to split on anyway.
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=list(special_tokens),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
-    )
-    backend.train_from_iterator(texts, trainer=trainer)
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+        tokenizer_object=backend, eos_token=IM_END, pad_token=END_OF_TEXT, unk_token=UNKNOWN,
         additional_special_tokens=list(special_tokens[1:]), clean_up_tokenization_spaces=False,
     )
     tokenizer.chat_template = CHATML_TEMPLATE
     return tokenizer
 
 
-def sample_texts(folder: Path = DEFAULT_TRAIN_TEXT) -> list[str]:
-    """Texts of the shipped sample corpus (any encoding), to train the tiny tokenizer on."""
-    from wuxia_lightning.data.corpus import read_corpus
-
-    documents, _ = read_corpus(str(folder), to_simplified=False)
-    texts = [doc.text for doc in documents]
-    # Simplified forms too, so the converted corpus tokenizes as compactly as the original.
-    import opencc
-
-    converter = opencc.OpenCC("t2s")
-    return texts + [converter.convert(text) for text in texts]
+def sample_texts(folders: Sequence[Path] = DEFAULT_TRAIN_TEXT) -> list[str]:
+    """The shipped sample text (any encoding) in Simplified characters, as the shipped configs convert
+    the stage-1 corpus (``to_simplified: true``): a base that saw other forms would answer in them."""
+    paths = resolve_paths([str(folder) for folder in folders], (".txt",), "sample text")
+    return [to_simplified_chinese(decode_file(path)[0]) for path in paths]
 
 
 def tiny_config(arch: str, tokenizer, hidden_size: int = 64, layers: int = 2):
@@ -153,9 +164,10 @@ def resolve_model_path(spec: str, tokenizer_path: str | None = None) -> str:
 
 def _tokenizer_key(tokenizer_path: str | None) -> str:
     """Cache key: the tokenizer files' content, or the sample corpus the tokenizer is trained on."""
-    digest = hashlib.sha256(f"v2-pretrain{DEFAULT_PRETRAIN_STEPS}".encode())
-    folder = Path(tokenizer_path) if tokenizer_path else DEFAULT_TRAIN_TEXT
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+    # v4: whole-character BPE, GPT-2-like pieces, pre-trained on Simplified style + general sample text.
+    digest = hashlib.sha256(f"v4-pretrain{DEFAULT_PRETRAIN_STEPS}".encode())
+    folders = [Path(tokenizer_path)] if tokenizer_path else list(DEFAULT_TRAIN_TEXT)
+    for path in sorted(p for folder in folders for p in folder.rglob("*") if p.is_file()):
         digest.update(path.name.encode())
         digest.update(path.read_bytes())
     return ("qwen-tok-" if tokenizer_path else "sample-") + digest.hexdigest()[:12]
@@ -169,27 +181,19 @@ def train_char_tokenizer(texts: Iterable[str], min_count: int = 2,
                          special_tokens: Sequence[str] = QWEN_SPECIAL_TOKENS):
     """A character-level tokenizer: one token per character seen ``min_count`` times, ``<|unk|>`` else.
 
-    Byte-level BPE on a small vocabulary splits Chinese characters into byte pieces, and a tiny model then
-    decodes half characters (U+FFFD). One token per character never does; rare characters map to
-    ``<|unk|>`` rather than to bytes. Qwen's special and FIM tokens and the ChatML template are included.
+    One token per character never splits one; rare characters map to ``<|unk|>`` rather than to bytes.
+    Qwen's special and FIM tokens and the ChatML template are included.
     """
     from collections import Counter
 
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
 
     counts: Counter[str] = Counter()
     for text in texts:
         counts.update(text)
-    unk = "<|unk|>"
     characters = sorted(c for c, n in counts.items() if n >= min_count)
-    vocab = {token: i for i, token in enumerate([*special_tokens, unk, *characters])}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token=unk))
+    vocab = {token: i for i, token in enumerate([*special_tokens, UNKNOWN, *characters])}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token=UNKNOWN))
     backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
     backend.decoder = decoders.Fuse()  # characters join without separators
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token=unk,
-        additional_special_tokens=list(special_tokens[1:]), clean_up_tokenization_spaces=False,
-    )
-    tokenizer.chat_template = CHATML_TEMPLATE
-    return tokenizer
+    return _wrap(backend, special_tokens)
