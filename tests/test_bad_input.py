@@ -187,3 +187,21 @@ def test_instruct_datamodule_refuses_max_length_beyond_the_context(tiny_model_di
 
 def test_unreadable_config_is_left_to_model_loading(tmp_path):
     check_max_length(str(tmp_path / "no-such-model"), 10**6)  # no config: model loading reports it
+
+
+def test_deeply_nested_json_is_one_clear_line(tmp_path):
+    from wuxia_lightning.data.chat_formats import load_chat_file
+
+    path = tmp_path / "deep.jsonl"
+    path.write_text("[" * 100_000 + "\n", encoding="utf-8")
+    with pytest.raises(UserInputError, match="nested too deeply") as caught:
+        load_chat_file(str(path))
+    assert "deep.jsonl" in str(caught.value)
+
+
+def test_mask_rate_that_leaves_no_window_is_refused(tmp_path):
+    from wuxia_lightning.data.style_datamodule import StyleDataModule
+
+    data = StyleDataModule(corpus="data/sample/style", max_length=32, mask_rate=0.9, cache_dir=str(tmp_path))
+    with pytest.raises(UserInputError, match="mask_rate"):
+        data.setup("fit")

@@ -487,9 +487,36 @@ JSON_VALUES = st.recursive(
     max_leaves=12)
 
 
-@settings(PROPERTY, max_examples=80)
-@given(lines=st.lists(st.one_of(JSON_VALUES.map(json.dumps), JSON_VALUES.map(json.dumps),
-                                JSON_TEXT.map(lambda s: "".join(s.splitlines())),
+def _paths(value, path: tuple = ()):
+    """Every place in a JSON value: () for the value itself, then keys / indices down the tree."""
+    yield path
+    children = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, child in children:
+        yield from _paths(child, (*path, key))
+
+
+@st.composite
+def fuzzed_records(draw):
+    """A valid record of a random format with one to three places replaced by random JSON or deleted."""
+    record, _ = draw(FORMAT.flatmap(valid_records))
+    for _ in range(draw(st.integers(1, 3))):
+        path = draw(st.sampled_from(list(_paths(record))))
+        if not path:
+            record = draw(JSON_VALUES)
+            continue
+        parent = record
+        for key in path[:-1]:
+            parent = parent[key]
+        if draw(st.booleans()):
+            parent[path[-1]] = draw(JSON_VALUES)
+        else:
+            del parent[path[-1]]
+    return record
+
+
+@settings(PROPERTY, max_examples=100)
+@given(lines=st.lists(st.one_of(fuzzed_records().map(json.dumps), fuzzed_records().map(json.dumps),
+                                JSON_VALUES.map(json.dumps), JSON_TEXT.map(lambda s: "".join(s.splitlines())),
                                 FORMAT.flatmap(valid_records).map(lambda pair: json.dumps(pair[0]))),
                       min_size=1, max_size=4))
 def test_random_json_lines_parse_or_fail_as_user_errors(data_dir, lines):
@@ -516,9 +543,8 @@ def test_random_json_lines_parse_or_fail_as_user_errors(data_dir, lines):
 
 
 # ------------------------------------------------------------------------------------------ known bugs
-@pytest.mark.xfail(strict=True, reason="BUG: the JSONL reader splits the file with str.splitlines(), which also "
-                   "breaks at U+0085 / U+2028 / U+2029; json.dumps(ensure_ascii=False) writes those raw inside "
-                   "strings, so a valid file is refused as 'invalid JSON: Unterminated string'")
+# Was a bug: str.splitlines() also breaks at U+0085 / U+2028 / U+2029, which json.dumps(ensure_ascii=False)
+# writes raw inside strings, so a valid file was refused as 'invalid JSON: Unterminated string'.
 @pytest.mark.parametrize("separator", ["\x85", "\u2028", "\u2029"])
 def test_jsonl_string_with_a_unicode_line_separator_loads(tmp_path, separator):
     path = tmp_path / "separator.jsonl"
@@ -528,9 +554,7 @@ def test_jsonl_string_with_a_unicode_line_separator_loads(tmp_path, separator):
     assert dialogues[0][0]["content"] == f"问{separator}题"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: alpaca user text is `instruction or input` unless both are non-blank, "
-                   "so a whitespace-only instruction wins over a real input and the record is refused as "
-                   "'empty instruction (and input)'")
+# Was a bug: a whitespace-only instruction won over a real input ('empty instruction (and input)').
 def test_alpaca_whitespace_only_instruction_uses_the_input(tmp_path):
     path = tmp_path / "alpaca.jsonl"
     path.write_text(json.dumps({"instruction": " ", "input": "讲个故事", "output": "从前……"}) + "\n",
@@ -539,35 +563,30 @@ def test_alpaca_whitespace_only_instruction_uses_the_input(tmp_path):
     assert dialogues[0][0] == {"role": "user", "content": "讲个故事"}
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError, reason="BUG: a lone surrogate escape (\\ud83d, a cut emoji, "
-                   "common in scraped data) passes the loader as a str, then the tokenizer raises a bare TypeError "
-                   "('TextEncodeInput must be ...') with no file or line")
-def test_lone_surrogate_escape_is_a_user_error_naming_file_and_line(tmp_path, small_tokenizer):
+# Was a bug: a lone surrogate escape passed the loader and the tokenizer raised a bare TypeError.
+def test_lone_surrogate_escape_is_a_user_error_naming_file_and_line(tmp_path):
     path = tmp_path / "surrogate.jsonl"
     path.write_text('{"messages": [{"role": "user", "content": "hi \\ud83d"}, '
                     '{"role": "assistant", "content": "ok"}]}\n', encoding="utf-8")
-    try:
-        dialogues, _ = load_chat_file(str(path))
-    except UserInputError as error:
-        assert error.line == 1
-        return
-    encode_dialogue(small_tokenizer, dialogues[0], max_length=128)
+    with pytest.raises(UserInputError, match="unpaired surrogate") as caught:
+        load_chat_file(str(path))
+    assert caught.value.line == 1 and "surrogate.jsonl" in str(caught.value)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: corpus text containing a literal infill token ('<|fim_suffix|>' etc.) "
-                   "is tokenized to that special id (tokenize_document parses special tokens in raw text) and not "
-                   "flagged special, so the infill layout gets a fake hole: rebuild_original raises StopIteration "
-                   "or rebuilds another window")
-def test_corpus_text_with_a_literal_infill_token_still_rebuilds_exactly(small_tokenizer):
-    tokens = InfillTokens.from_tokenizer(small_tokenizer)
-    doc = tokenize_document(small_tokenizer, Document("fim.txt", 0, "", "他说<|fim_suffix|>然后走了很远很远的路。"))
-    stream = build_stream([doc], small_tokenizer.convert_tokens_to_ids(END_OF_TEXT), 64)
-    masker = DynamicMasker(MaskingConfig(span_prob=1.0, function_word_prob=0.0, none_prob=0.0, mask_rate=0.3),
-                           tokens, max_length=64)
-    ids, function_word, special = stream.window(0)
-    for index in range(10):
-        sample = masker(ids, function_word, special, epoch=0, index=index)
-        assert rebuild_original(sample["input_ids"], tokens).tolist() == ids.tolist()
+# Was a bug: a literal '<|fim_suffix|>' in corpus text became the real hole token, and rebuild_original
+# failed. Such lines are scraped model output: read_corpus drops them under the rule "model_token".
+def test_corpus_lines_with_literal_model_tokens_are_dropped_and_counted(tmp_path, small_tokenizer):
+    from wuxia_lightning.data.corpus import read_corpus
+
+    path = tmp_path / "fim.txt"
+    literal = "他说<|fim_suffix|>然后走了很远很远的路。"
+    path.write_text(f"第一回　夜路\n{literal}\n他终于到了。\n", encoding="utf-8")
+    documents, report = read_corpus(str(path))
+    assert report.files[0].removed["model_token"] == {"lines": 1, "chars": len(literal)}
+    fim_ids = [small_tokenizer.convert_tokens_to_ids(t) for t in FIM_TOKENS]
+    for document in documents:
+        assert "<|" not in document.text
+        assert not np.isin(tokenize_document(small_tokenizer, document).ids, fim_ids).any()
 
 
 @pytest.mark.xfail(strict=True, reason="BUG (minor): a reply starting with whitespace that ends in a newline shares "

@@ -147,7 +147,8 @@ def test_inference_chat_loop_keeps_history_resets_and_exits(stacked_folder, caps
     assert "(history cleared)" in out and "不该处理" not in out
     assert "/reset clears the history" in err  # the chat loop explains its commands
     replies = [line[len("答> "):] for line in out.splitlines() if line.startswith("答> ")]
-    assert len(replies) == 3 and all(replies)
+    # three turns answered (a reply may be empty: this random tiny model can end its turn at once)
+    assert len(replies) == 3
     assert seen[1][2]["content"] == replies[0].strip()  # the streamed reply is what the history keeps
     assert IM_START not in out
 

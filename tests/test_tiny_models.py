@@ -14,12 +14,19 @@ SPECIAL = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|fim_prefix|>", "<|f
            "<|fim_pad|>")
 
 
-def test_trained_tokenizer_round_trips_any_text_and_has_qwen_specials(tiny_model_dir):
-    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+def test_trained_tokenizer_keeps_characters_whole_and_has_qwen_specials(tiny_model_dir):
+    """One token per character: seen text round-trips; characters the sample text never had become
+    <|unk|>, never byte pieces that decode to U+FFFD. (transformers 5's AutoTokenizer rebuilds any
+    qwen2-config tokenizer as byte-level BPE; the package loads the file as saved: load_saved_tokenizer.)"""
+    from wuxia_lightning.pretrained.tokenizer import load_saved_tokenizer
+
+    tokenizer = load_saved_tokenizer(tiny_model_dir)
     for token in SPECIAL:
         assert tokenizer.convert_ids_to_tokens(tokenizer.convert_tokens_to_ids(token)) == token
-    text = "劍光一閃 — naïve 😀 ½ 第一回　寒江夜雨\n"  # characters the sample corpus never had
-    assert tokenizer.decode(tokenizer(text)["input_ids"]) == text
+    seen = "剑光一闪，naive 第一回　寒江夜雨\n"
+    assert tokenizer.decode(tokenizer(seen)["input_ids"]) == seen
+    unseen = "劍😀½"  # characters the (Simplified) sample text never had
+    assert tokenizer.convert_ids_to_tokens(tokenizer(unseen, add_special_tokens=False)["input_ids"]) == ["<|unk|>"] * 3
     chat = tokenizer.apply_chat_template([{"role": "user", "content": "你好"}], tokenize=False,
                                          add_generation_prompt=True)
     assert chat.endswith("<|im_start|>assistant\n")
@@ -87,13 +94,17 @@ def test_char_tokenizer_beside_a_qwen2_config_loads_as_saved(tmp_path):
 
 # ---- whole characters ---------------------------------------------------------------------------
 
-def test_tiny_tokenizer_keeps_every_character_whole():
-    """BPE over characters, not bytes: no token decodes to half a character (U+FFFD), the sample text
-    round-trips, and a character never seen becomes <|unk|> rather than byte pieces."""
-    from wuxia_lightning.pretrained.tiny import sample_texts, train_bpe_tokenizer
+@pytest.mark.parametrize("kind", ["character", "bpe"])
+def test_tiny_tokenizers_keep_every_character_whole(kind):
+    """Characters, not bytes, are the alphabet: no token decodes to half a character (U+FFFD), the sample
+    text round-trips, and a character never seen becomes <|unk|> rather than byte pieces."""
+    import string
+
+    from wuxia_lightning.pretrained.tiny import sample_texts, train_bpe_tokenizer, train_char_tokenizer
 
     texts = sample_texts()
-    tokenizer = train_bpe_tokenizer(texts)
+    tokenizer = (train_char_tokenizer([*texts, string.printable], min_count=1) if kind == "character"
+                 else train_bpe_tokenizer(texts))
     assert not [i for i in range(len(tokenizer)) if "\ufffd" in tokenizer.decode([i])]
     assert all(tokenizer.decode(tokenizer(text)["input_ids"]) == text for text in texts)
     assert tokenizer.convert_ids_to_tokens(tokenizer("龘", add_special_tokens=False)["input_ids"]) == ["<|unk|>"]

@@ -74,17 +74,23 @@ def _read_records(path: str) -> tuple[list[tuple[int, Any]], bool]:
     if text.lstrip().startswith("["):
         try:
             data = json.loads(text)
+        except RecursionError:
+            raise UserInputError("JSON nested too deeply to read", path=path) from None
         except json.JSONDecodeError as exc:
             raise UserInputError(f"invalid JSON array: {exc.msg} (column {exc.colno})",
                                  path=path, line=exc.lineno) from exc
         return list(enumerate(data)), True
 
     records: list[tuple[int, Any]] = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    # Split at "\n" only: str.splitlines() also breaks at U+0085 / U+2028 / U+2029, which json.dumps(...,
+    # ensure_ascii=False) writes raw inside strings. A trailing "\r" (CRLF files) is whitespace to json.
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
             records.append((number, json.loads(line)))
+        except RecursionError:
+            raise UserInputError("JSON nested too deeply to read", path=path, line=number) from None
         except json.JSONDecodeError as exc:
             hint = ""
             if number == 1 and path.lower().endswith(".json"):
@@ -134,6 +140,11 @@ def _string(value: Any, field: str, *, optional: bool = False) -> str:
     if not isinstance(value, str):
         got = "null" if value is None else f"a {type(value).__name__}"
         raise _RecordError(f"must be a string, got {got}", field)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:  # a lone surrogate escape such as \ud83d: half of a cut emoji
+        raise _RecordError(f"holds an unpaired surrogate {value[error.start]!r} at character {error.start} "
+                           "(half of an emoji cut in two?); fix or drop that text", field) from None
     return value
 
 
@@ -179,7 +190,8 @@ def _alpaca(record: dict) -> list[Message]:
     instruction = _string(record["instruction"], "instruction")
     extra = _string(record.get("input"), "input", optional=True)
     output = _string(record["output"], "output")
-    user = f"{instruction}\n\n{extra}" if instruction.strip() and extra.strip() else (instruction or extra)
+    user = f"{instruction}\n\n{extra}" if instruction.strip() and extra.strip() else (
+        instruction if instruction.strip() else extra)
     if not user.strip():
         raise _RecordError("empty instruction (and input)", "instruction")
     messages: list[Message] = []

@@ -27,7 +27,7 @@ DEFAULT_MODERN_WORDS: tuple[str, ...] = (
 )
 
 # Rule names, in the order a line is tested (a removed line is counted under the first rule that matches).
-RULES: tuple[str, ...] = ("blank", "boilerplate", "decoration", "modern_vocabulary")
+RULES: tuple[str, ...] = ("blank", "boilerplate", "model_token", "decoration", "modern_vocabulary")
 WHITESPACE = "whitespace"  # normalisation only: reported, but it is not content
 
 # Download-site furniture. Matched on the lower-cased line with full-width ASCII folded to ASCII, so
@@ -48,6 +48,11 @@ _AD_PHRASES: tuple[str, ...] = (
     "请支持正版", "請支持正版", "下载地址", "下載地址", "整理制作", "整理製作", "版权归作者", "版權歸作者",
 )
 _AD = re.compile("|".join(re.escape(p) for p in _AD_PHRASES))
+
+# A literal model control token (<|fim_suffix|>, <|endoftext|>, <|im_start|> …) in a "novel" is scraped
+# model output, never prose; kept, the tokenizer would turn it into the real control token, which the
+# infill layout and the stop logic give a meaning of their own.
+_MODEL_TOKEN = re.compile(r"<\|[A-Za-z0-9_]+\|>")
 
 # A line with no letter or digit (``[^\W_]``) and no quotation mark or bracket is decoration
 # (☆★◆═—*~ rules, "……" separators). Quotes/brackets are kept out so 「……」 (a silent reply) survives.
@@ -170,6 +175,8 @@ def _removal_rule(line: str, modern: re.Pattern | None) -> str | None:
         return "blank"
     if _is_boilerplate(line):
         return "boilerplate"
+    if "<|" in line and _MODEL_TOKEN.search(line):
+        return "model_token"
     if not _WORD_CHAR.search(line) and not _QUOTE_OR_BRACKET.search(line):
         return "decoration"
     if modern is not None and modern.search(line):

@@ -24,6 +24,7 @@ from wuxia_lightning.tokens import END_OF_TEXT
 
 log = logging.getLogger(__name__)
 INGEST_REPORT = "ingest_report.json"
+MIN_WINDOW_TOKENS = 8  # fewer tokens of text per window is a misconfiguration, not a training run
 
 
 class MaskedWindowDataset(Dataset):
@@ -117,6 +118,10 @@ class StyleDataModule(L.LightningDataModule):
                          self.hparams.tokenizer_name_or_path)
         self.tokenizer = load_tokenizer(self.hparams.model_name_or_path, self.hparams.tokenizer_name_or_path)
         window = self.masking.window_length(self.hparams.max_length)
+        if window < MIN_WINDOW_TOKENS:
+            raise UserInputError(f"--data.max_length={self.hparams.max_length} with --data.mask_rate="
+                                 f"{self.hparams.mask_rate} leaves {window} tokens of text per window after room for "
+                                 f"the infill tokens; raise max_length or lower mask_rate", field="mask_rate")
         documents, reports = self._load(self.hparams.corpus)
         train_docs, val_docs = split_train_val([d.document for d in documents], self.hparams.val_fraction,
                                                self.hparams.seed)

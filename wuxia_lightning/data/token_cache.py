@@ -21,7 +21,7 @@ from wuxia_lightning.data.corpus import Document, FileReport, read_corpus
 from wuxia_lightning.data.function_words import function_word_spans
 from wuxia_lightning.io import atomic_write, strict_json
 
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"  # 2: lines holding literal model control tokens are dropped
 
 
 @dataclass
