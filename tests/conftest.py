@@ -24,6 +24,12 @@ SAMPLE_TEXT = (
 )
 
 
+# Third-party console lines that carry no information for our users (issue 13): never printed.
+NOISE = ("Skipping publisher trust check", "gemm_4bit_forward", "litlogger", "is_gradient_checkpointing` is "
+         "deprecated and will", "LeafSpec", "Building prefix dict", "Loading model cost",
+         "Prefix dict has been built")
+
+
 def load_script(name: str) -> ModuleType:
     """``scripts/<name>.py`` as a module (scripts/ is not a package), imported once per session."""
     module_name = f"wuxia_scripts_{name}"

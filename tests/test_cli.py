@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import QWEN_TOKENIZER, REPO, SHARED, require_shared
+from conftest import NOISE, QWEN_TOKENIZER, REPO, SHARED, require_shared
 
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 
@@ -165,8 +165,11 @@ def test_stage2_after_stage1_replies_stop_and_never_start_a_new_turn(tmp_path):
     stacked = tmp_path / "stacked"
     common = ["--config", "configs/quickstart_instruct.yaml", f"--model.style_adapter={tmp_path / 'style'}",
               f"--model.output_dir={stacked}", "--trainer.logger=false", f"--trainer.default_root_dir={tmp_path}"]
-    run_cli("fit", *common)
+    fitted = run_cli("fit", *common)
     predicted = run_cli("predict", *common, "--data.prompts=data/sample/instruct/train.jsonl")
+    for result in (fitted, predicted):  # output to a pipe, as in a job log: no third-party noise
+        printed = result.stdout + result.stderr
+        assert [noise for noise in NOISE if noise in printed] == [], printed[-3000:]
     assert f"wrote {stacked / 'predictions.jsonl'}" in predicted.stdout  # says where the replies are
     assert f"wrote {stacked / 'summary.json'}" in predicted.stdout
     rows = [json.loads(line) for line in (stacked / "predictions.jsonl").read_text().splitlines()]
@@ -174,10 +177,19 @@ def test_stage2_after_stage1_replies_stop_and_never_start_a_new_turn(tmp_path):
     stop_rate = sum(row["stopped"] for row in rows) / len(rows)
     assert stop_rate >= 0.95
     assert not any(row["continues_dialogue"] or "<|im_start|>" in row["generation"] for row in rows)
+    assert not [row["generation"] for row in rows if "\ufffd" in row["generation"]]  # no half characters
     summary = json.loads((stacked / "summary.json").read_text())
     assert summary["stop_rate"] == stop_rate
     assert 0.0 <= summary["ngram_char3"] <= 1.0 and "fw_js" in summary  # replies scored for style
     assert all("ngram_char2" in row and "distinct_2" in row for row in rows)  # per-sample figures
+
+    # scripts/inference.py with no --preset uses the one the folder was trained with, and the reply stops
+    chat = subprocess.run([sys.executable, "scripts/inference.py", "--model", str(stacked), "--greedy",
+                           "--prompt", rows[0]["prompt"]], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=600)
+    assert chat.returncode == 0, chat.stderr[-3000:]
+    assert "as in training" in chat.stderr and "stopped at --max-new-tokens" not in chat.stderr
+    assert chat.stdout.strip() and "\ufffd" not in chat.stdout
 
 
 def test_stage1_ddp_on_two_cpu_processes(tmp_path):

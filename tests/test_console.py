@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO
+from conftest import NOISE, REPO
 
 # Emits every message of the noise list the way its library does (same logger / category / module),
 # real jieba included, plus neighbours that must survive: another warning of the same loggers, the
@@ -44,9 +44,6 @@ logging.getLogger("wuxia_lightning.x").warning("KEEP wuxia: our own log warning"
 warnings.warn("KEEP wuxia: our own UserWarning")
 '''
 
-NOISE = ("Skipping publisher trust check", "gemm_4bit_forward", "litlogger", "is_gradient_checkpointing` is "
-         "deprecated and will", "LeafSpec", "Building prefix dict", "Loading model cost",
-         "Prefix dict has been built")
 KEPT = ("KEEP kernels", "KEEP bitsandbytes", "KEEP lightning", "KEEP: our module", "KEEP wuxia: our own log",
         "KEEP wuxia: our own UserWarning")
 
