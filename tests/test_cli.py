@@ -60,6 +60,21 @@ PROGRESS_LINE = re.compile(r"^step \d+/\d+ \(epoch \d+\) \| loss [\d.e+-]+ \| [\
                            re.MULTILINE)
 
 
+def assert_checkpoint_holds_the_adapter_not_the_base(checkpoint: Path, adapter_dir: Path) -> None:
+    """A checkpoint is the adapter plus its two AdamW moments (3× the adapter's tensors) and bookkeeping;
+    with the frozen base inside it would be at least the base's size more."""
+    from safetensors.torch import load_file
+
+    from wuxia_lightning.pretrained.tiny import resolve_model_path
+
+    adapter = sum(t.numel() * 4 for t in load_file(str(adapter_dir / "adapter_model.safetensors")).values())
+    base = sum(t.numel() * t.element_size()
+               for t in load_file(str(Path(resolve_model_path("tiny-qwen2")) / "model.safetensors")).values())
+    size = checkpoint.stat().st_size
+    assert 3 * adapter <= size <= 3 * adapter + 200_000, (size, adapter)
+    assert size < base + 3 * adapter, (size, base)
+
+
 def test_quickstart_stage1_fits_and_writes_a_loadable_adapter(tmp_path):
     fitted = run_cli(*stage1_args(tmp_path, "--trainer.max_epochs=4", "--progress.every_n_steps=5"))
     rows = read_metrics(tmp_path / "logs")
@@ -88,6 +103,7 @@ def test_quickstart_stage1_fits_and_writes_a_loadable_adapter(tmp_path):
 
     # "eval only": validating the last checkpoint restores the adapter exactly (same val perplexity)
     checkpoint = next(tmp_path.rglob("last.ckpt"))
+    assert_checkpoint_holds_the_adapter_not_the_base(checkpoint, tmp_path / "style")
     run_cli("validate", "--config", "configs/quickstart_style.yaml", f"--ckpt_path={checkpoint}",
             "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
             f"--trainer.logger.init_args.save_dir={tmp_path / 'eval'}")
