@@ -218,3 +218,17 @@ def test_the_atomic_writer_replaces_only_lightnings_default(tmp_path):
     trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, default_root_dir=tmp_path, plugins=[Chosen()])
     AtomicCheckpoints().setup(trainer, None, "fit")
     assert type(trainer.strategy.checkpoint_io) is Chosen
+
+
+def test_a_save_removes_temporaries_a_killed_run_left_and_only_those(tmp_path):
+    import os
+    import time
+
+    stale = tmp_path / ".last.ab12cd.ckpt"  # what a SIGKILL during torch.save leaves
+    stale.write_bytes(b"half a checkpoint")
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
+    other = tmp_path / ".epoch=1.zz99.ckpt"  # another checkpoint's temporary: not ours to judge
+    other.write_bytes(b"x")
+    write_checkpoint(tmp_path / "last.ckpt", step=3)
+    assert not stale.exists() and other.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".epoch=1.zz99.ckpt", "last.ckpt"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -49,13 +50,26 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 os.fsync(handle.fileno())  # the bytes are on disk before the rename makes them visible
 
         target = Path(path)
+        started = time.time()
         atomic_write(target, write)
         _fsync_directory(target.parent)  # …and the rename itself survives a crash
+        remove_leftover_temporaries(target, older_than=started)
 
     def load_checkpoint(self, path: _PATH, *args: Any, **kwargs: Any) -> dict[str, Any]:
         if _is_local(path) and Path(path).is_file() and not checkpoint_is_intact(Path(path)):
             path = intact_replacement(Path(path))
         return super().load_checkpoint(path, *args, **kwargs)
+
+
+def remove_leftover_temporaries(target: Path, older_than: float) -> None:
+    """Delete half-written temporaries of ``target`` (``.last.x1y2.ckpt``) that a killed run left behind.
+    Only files older than this save: a temporary another live writer is filling now is never touched."""
+    stale = [p for p in target.parent.glob(f".{target.stem}.*{target.suffix}")
+             if p.is_file() and p.stat().st_mtime < older_than]
+    for leftover in stale:
+        leftover.unlink(missing_ok=True)
+    if stale:
+        log.info("removed %d temporary checkpoint file(s) a killed run left in %s", len(stale), target.parent)
 
 
 def checkpoint_is_intact(path: Path) -> bool:
