@@ -186,6 +186,7 @@ def test_stage2_after_stage1_replies_stop_and_never_start_a_new_turn(tmp_path):
     for result in (fitted, predicted):  # output to a pipe, as in a job log: no third-party noise
         printed = result.stdout + result.stderr
         assert [noise for noise in NOISE if noise in printed] == [], printed[-3000:]
+        assert "Loading weights" not in printed and "Writing model shards" not in printed  # transformers' bars
     assert f"wrote {stacked / 'predictions.jsonl'}" in predicted.stdout  # says where the replies are
     assert f"wrote {stacked / 'summary.json'}" in predicted.stdout
     rows = [json.loads(line) for line in (stacked / "predictions.jsonl").read_text().splitlines()]

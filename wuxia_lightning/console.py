@@ -66,7 +66,19 @@ def quiet_third_party(verbose: bool = False) -> bool:
             logger.addFilter(DropMessages(patterns))
     for message, category, module in NOISY_WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=category, module=module)
+    _quiet_transformers_progress_bars()
     return True
+
+
+def _quiet_transformers_progress_bars() -> None:
+    """transformers draws "Loading weights" / "Writing model shards" bars for a tiny model in a split
+    second; in a log file they are two lines of carriage returns each time. Our own messages say what is
+    being loaded and written."""
+    try:
+        from transformers.utils import logging as transformers_logging
+    except ImportError:
+        return
+    transformers_logging.disable_progress_bar()
 
 
 def add_verbose_argument(parser: argparse.ArgumentParser) -> None:

@@ -14,6 +14,7 @@ converted to Simplified exactly as the shipped configs convert the stage-1 corpu
 from __future__ import annotations
 
 import hashlib
+import logging
 import string
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -23,6 +24,8 @@ import torch
 from wuxia_lightning.io import cache_root, staged_directory
 from wuxia_lightning.sources import decode_file, resolve_paths, to_simplified_chinese
 from wuxia_lightning.tokens import CHATML_TEMPLATE, END_OF_TEXT, IM_END, QWEN_SPECIAL_TOKENS
+
+log = logging.getLogger(__name__)
 
 ARCHITECTURES = ("qwen2", "qwen3")
 TINY_PREFIX = "tiny-"
@@ -159,6 +162,8 @@ def resolve_model_path(spec: str, tokenizer_path: str | None = None) -> str:
         # Brief pretraining on the sample corpus for the small trained vocabulary; with the real Qwen
         # vocabulary (152K logits per token) that would cost minutes on a CPU, so those stay random.
         steps = DEFAULT_PRETRAIN_STEPS if tokenizer_path is None else 0
+        log.info("building the tiny model %s offline (first use; tokenizer%s): %s", spec,
+                 f" + {steps} pretraining steps" if steps else " from the given files", folder)
         try:
             make_tiny_model(folder, arch, tokenizer_path, pretrain_steps=steps)
         except FileExistsError:  # another rank or process built it first
