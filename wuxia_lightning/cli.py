@@ -33,6 +33,17 @@ class WuxiaCLI(LightningCLI):
         # Always present (a config or --progress.* tunes it): plain progress lines when stdout is a file.
         parser.add_lightning_class_args(ProgressLines, "progress")
 
+    def before_instantiate_classes(self) -> None:
+        """Strategy choices that Lightning rejects with a bare message (FSDPStrategy on CPU) or not at all
+        (FSDP with a 4-bit base: training on garbage): refused here, before any process starts."""
+        from wuxia_lightning.modules.sharding import check_strategy_choice
+
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        model = config.get("model")
+        init_args = model.get("init_args") if model is not None and hasattr(model, "get") else None
+        quantization = init_args.get("quantization") if init_args is not None else None
+        check_strategy_choice(config.trainer.strategy, config.trainer.accelerator, quantization)
+
     def before_fit(self) -> None:
         self._started = time.time()
 

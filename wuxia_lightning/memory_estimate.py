@@ -440,6 +440,8 @@ def strategy_notes(trainer: Mapping[str, Any]) -> tuple[str, ...]:
     """What the estimate leaves out for a multi-GPU strategy (it sizes one GPU of a plain run)."""
     strategy = trainer.get("strategy")
     name = str(strategy.get("class_path", "") if isinstance(strategy, Mapping) else strategy or "").lower()
+    if "fsdp2" in name or "modelparallel" in name:  # configs/fsdp2_cpu.yaml: modules/sharding.py
+        return ("FSDP2 sharding is not modelled: the figures are one unsharded replica per GPU, an upper bound",)
     if "fsdp" in name:
         return ("FSDP sharding is not modelled: the figures are one unsharded replica per GPU, an upper bound; "
                 "its activation_checkpointing_policy checkpoints the decoder layers (the 'with ckpt' column)",)

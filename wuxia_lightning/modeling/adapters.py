@@ -70,12 +70,19 @@ def frozen_reference(peft_model, adapters: Sequence[str] = ()) -> Iterator[torch
         restore_trainable(peft_model, trainable)
 
 
+def gathered(state_dict: dict | None) -> dict:
+    """``save_pretrained`` keyword arguments: the adapter tensors when the caller gathered them (FSDP2),
+    else none, and peft reads the model itself."""
+    return {"state_dict": state_dict} if state_dict is not None else {}
+
+
 def save_adapter_atomically(peft_model, adapter_name: str, out_dir: str | Path, tokenizer=None,
-                            manifest: dict | None = None) -> Path:
-    """Write one adapter so that ``out_dir`` is a plain peft adapter folder, replacing it atomically."""
+                            manifest: dict | None = None, state_dict: dict | None = None) -> Path:
+    """Write one adapter so that ``out_dir`` is a plain peft adapter folder, replacing it atomically.
+    ``state_dict``: the adapter tensors when the model's own are shards (FSDP2: ``full_adapter_state``)."""
     out_dir = Path(out_dir)
     with staged_directory(out_dir, replace=True) as staging:
-        peft_model.save_pretrained(staging, selected_adapters=[adapter_name])
+        peft_model.save_pretrained(staging, selected_adapters=[adapter_name], **gathered(state_dict))
         # peft writes adapters other than "default" to <dir>/<name>/; flatten to a plain adapter folder.
         nested = staging / adapter_name
         if nested.is_dir():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Literal
 
 import torch
@@ -66,7 +65,9 @@ def disable_cpu_4bit_repacking(model: torch.nn.Module) -> None:
 
 
 def _quantized_device_map() -> dict[str, int | str]:
-    """bnb layers must be created on their rank's device (DDP + QLoRA, TRL 921)."""
+    """bnb layers must be created on their rank's device (DDP + QLoRA, TRL 921). Lightning makes that
+    device current (``torch.cuda.set_device``) before ``configure_model`` under every launcher; LOCAL_RANK
+    is not enough: SLURM's srun does not set it, which would put every rank of a node on GPU 0."""
     if torch.cuda.is_available():
-        return {"": int(os.environ.get("LOCAL_RANK", 0))}
+        return {"": torch.cuda.current_device()}
     return {"": "cpu"}

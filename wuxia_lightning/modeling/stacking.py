@@ -15,7 +15,7 @@ import torch
 
 from wuxia_lightning.errors import UserInputError
 from wuxia_lightning.io import staged_directory, strict_json
-from wuxia_lightning.modeling.adapters import activate
+from wuxia_lightning.modeling.adapters import activate, gathered
 from wuxia_lightning.modeling.loading import Precision, Quantization, load_base_model
 from wuxia_lightning.pretrained.tokenizer import load_saved_tokenizer
 from wuxia_lightning.tokens import STOP_TOKENS
@@ -103,11 +103,12 @@ def _same_model(a: str, b: str) -> bool:
     return Path(a.rstrip("/")).name.lower() == Path(b.rstrip("/")).name.lower()
 
 
-def save_stacked(peft_model, out_dir: str | Path, tokenizer, manifest: dict) -> Path:
-    """Both adapters in peft's layout (``style/``, ``instruct/``), tokenizer, generation config, manifest."""
+def save_stacked(peft_model, out_dir: str | Path, tokenizer, manifest: dict, state_dict: dict | None = None) -> Path:
+    """Both adapters in peft's layout (``style/``, ``instruct/``), tokenizer, generation config, manifest.
+    ``state_dict``: the adapter tensors when the model's own are shards (FSDP2: ``full_adapter_state``)."""
     out_dir = Path(out_dir)
     with staged_directory(out_dir, replace=True) as staging:
-        peft_model.save_pretrained(str(staging), selected_adapters=manifest["adapters"])
+        peft_model.save_pretrained(str(staging), selected_adapters=manifest["adapters"], **gathered(state_dict))
         tokenizer.save_pretrained(str(staging))
         generation_config(tokenizer).save_pretrained(str(staging))
         (staging / MANIFEST).write_text(strict_json(manifest, indent=2, default=str),

@@ -19,6 +19,13 @@ from wuxia_lightning.callbacks.rng_state import RngStateCheckpoint
 from wuxia_lightning.errors import UserInputError
 from wuxia_lightning.metrics import registry as names
 from wuxia_lightning.modules.optimization import adamw_with_cosine_schedule
+from wuxia_lightning.modules.sharding import (
+    full_adapter_state,
+    is_fsdp2,
+    refuse_fsdp_with_4bit,
+    refuse_unresumable_checkpoints,
+    shard_for_fsdp2,
+)
 from wuxia_lightning.objectives.causal_lm import final_hidden_states, token_loss_sums
 from wuxia_lightning.objectives.losses import TokenLossSums
 from wuxia_lightning.pretrained.tokenizer import load_tokenizer
@@ -118,6 +125,29 @@ class AdapterModule(L.LightningModule):
     def save_outputs(self) -> None:
         """Write the adapter folder to ``output_dir`` (each stage knows its layout)."""
         raise NotImplementedError
+
+    # ---- FSDP2 (ModelParallelStrategy; modules/sharding.py) --------------------------------------
+    def refuse_unsupported_sharding(self) -> None:
+        """Called before the base model loads: FSDP cannot shard a 4-bit base, and distributed checkpoints
+        of an adapter-only state would not resume (modules/sharding.py)."""
+        if self._trainer is not None:
+            refuse_fsdp_with_4bit(self.trainer.strategy, self.hparams.get("quantization", "none"))
+            refuse_unresumable_checkpoints(self.trainer.strategy)
+
+    def shard_if_fsdp2(self) -> None:
+        """Under ModelParallelStrategy, shard the freshly built peft model over the data-parallel mesh."""
+        if self._trainer is None or not is_fsdp2(self.trainer.strategy):
+            return
+        if self.device_mesh["tensor_parallel"].size() != 1:
+            raise UserInputError("tensor parallelism is not implemented here: use ModelParallelStrategy with "
+                                 "tensor_parallel_size 1 and data_parallel_size = devices × num_nodes",
+                                 field="trainer.strategy")
+        shard_for_fsdp2(self.peft_model, self.device_mesh["data_parallel"])
+
+    def adapter_state_for_saving(self) -> dict[str, torch.Tensor] | None:
+        """The adapter tensors gathered whole under FSDP2 (a collective: call on every rank, before any
+        rank-0-only return), or None when the model holds them whole already."""
+        return full_adapter_state(self.peft_model)
 
     # ---- adapter-only checkpoints ---------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -38,6 +38,7 @@ from wuxia_lightning.modeling.stacking import (
     save_stacked,
 )
 from wuxia_lightning.modules.common import AdapterModule
+from wuxia_lightning.modules.sharding import whole
 from wuxia_lightning.pretrained.tokenizer import ensure_chat_template
 
 AdapterMode = Literal["stacked", "continue_style", "composed"]
@@ -102,12 +103,14 @@ class InstructModule(AdapterModule):
         if self.peft_model is not None:
             return
         hp = self.hparams
+        self.refuse_unsupported_sharding()
         if self._serving():
             self.peft_model, _ = load_stacked(hp.output_dir, model_name_or_path=hp.model_name_or_path,
                                               dtype=hp.dtype, quantization=hp.quantization,
                                               style_scale=hp.style_scale, instruct_scale=hp.instruct_scale,
                                               trust_remote_code=hp.trust_remote_code)
             self.adapters = self.training_adapters = read_manifest(hp.output_dir)["adapters"]
+            self.shard_if_fsdp2()
             return
         if not hp.style_adapter:
             raise ValueError("--model.style_adapter is required: a stage-1 output folder")
@@ -132,6 +135,7 @@ class InstructModule(AdapterModule):
         self.style_snapshot = {n: p.detach().clone() for n, p in self.peft_model.named_parameters()
                                if f".{STYLE}." in n}
         assert_trainable_only(self.peft_model, trained)
+        self.shard_if_fsdp2()
 
     def _activate(self, adapters: list[str]) -> None:
         """Activate ``adapters``; set_adapter marks active adapters trainable, so re-assert "only the
@@ -181,7 +185,10 @@ class InstructModule(AdapterModule):
 
     def save_outputs(self) -> None:
         hp = self.hparams
-        if hp.output_dir is None or self.trainer.global_rank != 0:
+        if hp.output_dir is None:
+            return
+        state = self.adapter_state_for_saving()  # every rank: a collective under FSDP2
+        if self.trainer.global_rank != 0:
             return
         tokenizer = self.tokenizer()
         ensure_chat_template(tokenizer)
@@ -191,7 +198,7 @@ class InstructModule(AdapterModule):
                                        **({INSTRUCT: "trained here"} if INSTRUCT in self.adapters else {})},
                     "adapter_mode": hp.adapter_mode, "chat_template": tokenizer.chat_template,
                     "data": self._data_settings(), "training": dict(hp)}
-        save_stacked(self.peft_model, hp.output_dir, tokenizer, manifest)
+        save_stacked(self.peft_model, hp.output_dir, tokenizer, manifest, state_dict=state)
 
     def _data_settings(self) -> dict:
         """The system-prompt preset the model was trained with: inference and predict use it by default."""
@@ -271,7 +278,8 @@ def assert_trainable_only(peft_model: torch.nn.Module, adapter: str) -> None:
 def verify_unchanged(peft_model: torch.nn.Module, snapshot: dict[str, torch.Tensor]) -> None:
     """Fail loudly if any frozen style tensor changed by even one bit during training."""
     current = dict(peft_model.named_parameters())
-    changed = [n for n, before in snapshot.items() if not torch.equal(current[n].detach().cpu(), before.cpu())]
+    changed = [n for n, before in snapshot.items()  # whole(): FSDP2 shards, gathered on every rank
+               if not torch.equal(whole(current[n]).detach().cpu(), before.cpu())]
     if changed or not snapshot:
         raise RuntimeError(f"frozen '{STYLE}' adapter changed during training: {changed[:5]}")
 

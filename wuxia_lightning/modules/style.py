@@ -80,6 +80,7 @@ class StyleAlignmentModule(AdapterModule):
         from peft import get_peft_model
 
         hp = self.hparams
+        self.refuse_unsupported_sharding()
         base = load_base_model(hp.model_name_or_path, tokenizer_name_or_path=hp.tokenizer_name_or_path,
                                dtype=hp.dtype, quantization=hp.quantization,
                                gradient_checkpointing=hp.gradient_checkpointing,
@@ -88,6 +89,7 @@ class StyleAlignmentModule(AdapterModule):
                                             trust_remote_code=hp.trust_remote_code)
         config = lora_config(hp.lora_r, hp.lora_alpha, hp.lora_dropout, hp.lora_target_modules, new_tokens)
         self.peft_model = get_peft_model(base, config, adapter_name=ADAPTER)
+        self.shard_if_fsdp2()
 
     # ---- loss -----------------------------------------------------------------------------------
     def reference_hidden(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
@@ -138,11 +140,15 @@ class StyleAlignmentModule(AdapterModule):
 
     # ---- outputs --------------------------------------------------------------------------------
     def save_outputs(self) -> None:
-        if self.hparams.output_dir is None or self.trainer.global_rank != 0:
+        if self.hparams.output_dir is None:
+            return
+        state = self.adapter_state_for_saving()  # every rank: a collective under FSDP2
+        if self.trainer.global_rank != 0:
             return
         manifest = {"stage": "style", "adapters": [ADAPTER], "base_model": self.hparams.model_name_or_path,
                     "training": dict(self.hparams)}
-        save_adapter_atomically(self.peft_model, ADAPTER, self.hparams.output_dir, self.tokenizer(), manifest)
+        save_adapter_atomically(self.peft_model, ADAPTER, self.hparams.output_dir, self.tokenizer(), manifest,
+                                state_dict=state)
 
 
 def mode_shares(modes: torch.Tensor) -> dict[str, torch.Tensor]:
