@@ -19,10 +19,9 @@ import argparse
 import statistics
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 
 import torch
+from timing import timed  # benchmarks/timing.py: scripts run with their folder on sys.path
 
 from wuxia_lightning.objectives.losses import chunked_ce_kl
 
@@ -64,14 +63,6 @@ def _naive_loss(head: torch.nn.Linear, policy: torch.Tensor, reference: torch.Te
             log_q = torch.log_softmax(head(reference).float(), dim=-1)
         loss = loss + beta * (log_p.exp() * (log_p - log_q)).sum(-1).mean()
     return loss
-
-
-def timed(fn: Callable[[], float], device: str) -> float:
-    _sync(device)
-    start = time.perf_counter()
-    fn()
-    _sync(device)
-    return time.perf_counter() - start
 
 
 def peak_megabytes(variant: str, beta: float, args: argparse.Namespace) -> float:
@@ -158,11 +149,6 @@ def _forwarded(args: argparse.Namespace) -> list[str]:
 def _dtype(args: argparse.Namespace) -> torch.dtype:
     use_bf16 = args.device == "cuda" and not args.fp32 and torch.cuda.is_bf16_supported()
     return torch.bfloat16 if use_bf16 else torch.float32
-
-
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
 
 
 if __name__ == "__main__":

@@ -65,6 +65,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from timing import sync, timed  # benchmarks/timing.py: scripts run with their folder on sys.path
 
 from wuxia_lightning.tokens import IGNORE_INDEX
 
@@ -212,7 +213,7 @@ def step_end_times(device: str):
                 self.on_first_step(model)
 
         def on_step_end(self, args, state, control, **kwargs):
-            _sync(device)
+            sync(device)
             self.times.append(time.perf_counter())
 
     return StepEndTimes()
@@ -278,14 +279,6 @@ def run_sft_trainer(args: argparse.Namespace, steps: int,
 
 
 # ---- timing --------------------------------------------------------------------------------------
-def timed(fn: Callable[[], float], device: str) -> float:
-    _sync(device)
-    start = time.perf_counter()
-    fn()
-    _sync(device)
-    return time.perf_counter() - start
-
-
 def time_beta_section(args: argparse.Namespace, module, ours_opt, ours_sched, naive_opt) -> dict[str, float]:
     batch = make_batch(args.batch, args.length, args.device)
     steps = {f"ours β={beta:g}": (lambda b=beta: ours_step(module, ours_opt, ours_sched, batch, b))
@@ -361,7 +354,7 @@ def memory_child(args: argparse.Namespace) -> None:
         # would count 2 GB of 0.5B-shaped weights as step memory. Read them all before the baseline.
         for tensor in (*model.parameters(), *model.buffers()):
             tensor.data.sum()
-        _sync(args.device)
+        sync(args.device)
         if args.device == "cuda":
             torch.cuda.reset_peak_memory_stats()
             baseline["bytes"] = torch.cuda.memory_allocated()
@@ -387,7 +380,7 @@ def memory_child(args: argparse.Namespace) -> None:
         start(module.peft_model)
         step()
         step()
-    _sync(args.device)
+    sync(args.device)
     total = torch.cuda.max_memory_allocated() if args.device == "cuda" else _proc_status_kib("VmHWM") * 1024
     print(json.dumps({"config": name, "step_mb": (total - baseline["bytes"]) / 2**20, "total_mb": total / 2**20}))
 
@@ -542,11 +535,6 @@ def parse_args() -> argparse.Namespace:
 def _forwarded(args: argparse.Namespace) -> list[str]:
     return ["--model", args.model, "--device", args.device, "--dtype", args.dtype, "--batch", str(args.batch),
             "--length", str(args.length), "--tp-batch", str(args.tp_batch), "--tp-length", str(args.tp_length)]
-
-
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
 
 
 if __name__ == "__main__":
