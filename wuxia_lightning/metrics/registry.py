@@ -8,7 +8,6 @@ checks that a real fit of each stage logs only registered keys.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -118,17 +117,13 @@ REGISTRY: dict[str, Metric] = {metric.key: metric for metric in all_metrics()}
 
 def lookup(key: str) -> Metric | None:
     """The registered metric of a logged key; Lightning's ``_step`` / ``_epoch`` suffixes are the same metric."""
-    for suffix in ("", "_step", "_epoch"):
-        if suffix and key.endswith(suffix) and key[: -len(suffix)] in REGISTRY:
-            return REGISTRY[key[: -len(suffix)]]
-        if not suffix and key in REGISTRY:
-            return REGISTRY[key]
+    if key in REGISTRY:
+        return REGISTRY[key]
+    for suffix in ("_step", "_epoch"):
+        if key.endswith(suffix):
+            return REGISTRY.get(key[: -len(suffix)])
     return None
 
 
 def chart_keys(chart: Chart) -> list[str]:
     return [metric.key for metric in REGISTRY.values() if chart in metric.charts]
-
-
-def keys_with_prefix(prefix: str) -> Iterator[str]:
-    return (key for key in REGISTRY if key.startswith(prefix + "/"))
