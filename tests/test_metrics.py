@@ -465,3 +465,14 @@ def test_index_on_one_real_novel(tmp_path: Path) -> None:
         grams = [g for line in outside for g in ref_char_ngrams(line, n)]
         assert metric.matched[i].item() == sum(g in seen for g in grams), kind
         assert metric.total[i].item() == len(grams)
+
+
+def test_rank_share_gives_every_rank_something_to_generate_and_counts_each_prompt_once() -> None:
+    from wuxia_lightning.generation import rank_share
+
+    for prompts in (["a"], ["a", "b", "c"], list("abcdefg")):
+        for world in (1, 2, 3, 4):
+            shares = [rank_share(prompts, rank, world) for rank in range(world)]
+            assert all(items for items, _ in shares)  # nobody idles while others gather shards
+            assert sorted(p for items, counted in shares if counted for p in items) == sorted(prompts)
+    assert rank_share([], 1, 2) == ([], True)

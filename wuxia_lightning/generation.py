@@ -56,13 +56,34 @@ def generate_replies(model, tokenizer, conversations: Sequence[Sequence[Message]
     finally:
         tokenizer.padding_side = padding_side
     output = model.generate(**batch, eos_token_id=stops, pad_token_id=tokenizer.pad_token_id,
-                            **settings.kwargs())
+                            synced_gpus=is_sharded(model), **settings.kwargs())
     replies = []
     for text, row in zip(texts, output[:, batch["input_ids"].shape[1]:].tolist(), strict=True):
         tokens = _strip_padding(row, tokenizer.pad_token_id, stops)
         stopped, continued = classify_generation(tokens, set(stops), im_start, settings.max_new_tokens)
         replies.append(Reply(text, decode_complete(tokenizer, tokens).strip(), len(tokens), stopped, continued))
     return replies
+
+
+def rank_share(items: Sequence, rank: int, world_size: int) -> tuple[list, bool]:
+    """This rank's items (round robin) and whether its results count. A rank left without any (fewer items
+    than ranks) gets the first item to generate from but not to count: under FSDP every rank must run the
+    same forward passes, since each one gathers its layers' shards from all ranks."""
+    share = list(items[rank::world_size])
+    return (share, True) if share or not items else (list(items[:1]), False)
+
+
+def is_sharded(model: torch.nn.Module) -> bool:
+    """True when ``model`` holds FSDP-sharded layers in a multi-rank run: then every rank must keep stepping
+    until all ranks have finished generating (transformers' ``synced_gpus``, which transformers detects only
+    for models it sharded itself), or the ranks still generating wait forever for the others' shards."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return False
+    from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
+
+    return any(isinstance(module, (FSDPModule, FullyShardedDataParallel)) for module in model.modules())
 
 
 def stream_reply(model, tokenizer, messages: Sequence[Message], settings: GenerationSettings,

@@ -15,7 +15,7 @@ import lightning as L
 import torch
 
 from wuxia_lightning.evaluation import StyleScorer
-from wuxia_lightning.generation import GenerationSettings, generate_replies
+from wuxia_lightning.generation import GenerationSettings, generate_replies, rank_share
 from wuxia_lightning.io import strict_json
 from wuxia_lightning.metrics import FEATURE_NAMES
 from wuxia_lightning.metrics.registry import score_key
@@ -44,11 +44,11 @@ class StyleSampleEvaluation(L.Callback):
     def run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict:
         if self.scorer is None:
             self.scorer = StyleScorer(trainer.datamodule.corpus_texts("train"))
-        prompts = self._prompts()[trainer.global_rank::trainer.world_size]
-        styled = self._evaluate(pl_module.peft_model, trainer.datamodule.tokenizer, prompts)
+        prompts, counted = rank_share(self._prompts(), trainer.global_rank, trainer.world_size)
+        styled = self._evaluate(pl_module.peft_model, trainer.datamodule.tokenizer, prompts, counted)
         if self.base is None:  # the base does not change: sample it once
             with frozen_reference(pl_module.peft_model) as base:
-                self.base = self._evaluate(base, trainer.datamodule.tokenizer, prompts)
+                self.base = self._evaluate(base, trainer.datamodule.tokenizer, prompts, counted)
         for prefix, result in ((STYLED_PREFIX, styled), (BASE_PREFIX, self.base)):
             for name, value in result["scores"].items():
                 pl_module.log(score_key(prefix, name), value, on_epoch=True, rank_zero_only=True)
@@ -62,13 +62,14 @@ class StyleSampleEvaluation(L.Callback):
         lines = Path(self.prompts_file).read_text(encoding="utf-8").splitlines()
         return [line.strip() for line in lines if line.strip()][: self.samples]
 
-    def _evaluate(self, model, tokenizer, prompts: list[str]) -> dict:
+    def _evaluate(self, model, tokenizer, prompts: list[str], counted: bool = True) -> dict:
         torch.manual_seed(self.seed)  # the same sampling noise for base and styled, every epoch
         conversations = [[{"role": "user", "content": prompt}] for prompt in prompts]
         replies = generate_replies(model, tokenizer, conversations, self.settings, raw_prompts=True)
         texts = [reply.generation for reply in replies]
         self.scorer.reset()
-        self.scorer.update(texts)
+        if counted:
+            self.scorer.update(texts)
         return {"texts": texts, "scores": self.scorer.compute(), "rates": self.scorer.rates()}
 
     def write(self, path: Path, prompts: list[str], styled: dict) -> None:

@@ -14,7 +14,7 @@ from typing import Literal
 import torch
 
 from wuxia_lightning.evaluation import StyleScorer
-from wuxia_lightning.generation import GenerationSettings, generate_replies
+from wuxia_lightning.generation import GenerationSettings, generate_replies, rank_share
 from wuxia_lightning.io import atomic_write, strict_json
 from wuxia_lightning.metrics import registry as names
 from wuxia_lightning.metrics.perplexity import TokenPerplexity
@@ -211,7 +211,8 @@ class InstructModule(AdapterModule):
         prompts = getattr(self.trainer.datamodule, "val_prompts", [])[: self.hparams.eval_samples]
         if not prompts or self.trainer.sanity_checking:
             return
-        rows = self.reply_to(prompts[self.trainer.global_rank::self.trainer.world_size])
+        share, counted = rank_share(prompts, self.trainer.global_rank, self.trainer.world_size)
+        rows = self.reply_to(share, count=counted)
         self.log_dict({names.score_key(names.STAGE2_PREFIX, k): v for k, v in self.summarise(rows).items()
                        if k != "prompts"},
                       rank_zero_only=True)
@@ -228,8 +229,10 @@ class InstructModule(AdapterModule):
             write_predictions(Path(self.hparams.output_dir), self.predictions, summary,
                               self.hparams.overwrite_output)
 
-    def reply_to(self, conversations: list[list[dict[str, str]]], per_sample_style: bool = False) -> list[dict]:
-        """Generate one reply per conversation; update the stop-rate and style metrics."""
+    def reply_to(self, conversations: list[list[dict[str, str]]], per_sample_style: bool = False,
+                 count: bool = True) -> list[dict]:
+        """Generate one reply per conversation; update the stop-rate and style metrics (unless ``count`` is
+        False: a rank generating only to keep step with the others under FSDP)."""
         settings = GenerationSettings(self.hparams.max_new_tokens, self.hparams.do_sample,
                                       self.hparams.temperature, self.hparams.top_p)
         serving_differs = self.training_adapters != self.adapters
@@ -240,11 +243,12 @@ class InstructModule(AdapterModule):
         finally:
             if serving_differs:
                 self._activate(self.training_adapters)
-        self.stop_rate.update(torch.tensor([r.stopped for r in replies]),
-                              torch.tensor([r.continues_dialogue for r in replies]))
         scorer = self.style_scorer()
-        if scorer is not None:
-            scorer.update([r.generation for r in replies])
+        if count:
+            self.stop_rate.update(torch.tensor([r.stopped for r in replies]),
+                                  torch.tensor([r.continues_dialogue for r in replies]))
+            if scorer is not None:
+                scorer.update([r.generation for r in replies])
         return [{"prompt": conv[-1]["content"], "messages": conv, "generation": r.generation,
                  "new_tokens": r.new_tokens, "stopped": r.stopped, "continues_dialogue": r.continues_dialogue,
                  **(scorer.score_one(r.generation) if scorer is not None and per_sample_style else {})}
