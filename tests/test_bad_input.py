@@ -205,3 +205,14 @@ def test_mask_rate_that_leaves_no_window_is_refused(tmp_path):
     data = StyleDataModule(corpus="data/sample/style", max_length=32, mask_rate=0.9, cache_dir=str(tmp_path))
     with pytest.raises(UserInputError, match="mask_rate"):
         data.setup("fit")
+
+
+# ------------------------------------------------------------------------ unreadable files
+UNREADABLE = Path("/proc/self/mem")  # a regular file that fails to read even for root (chmod 000 would not)
+
+
+@pytest.mark.skipif(not UNREADABLE.is_file(), reason="needs Linux /proc to produce a read error as any user")
+def test_unreadable_corpus_file_names_the_file():
+    with pytest.raises(UserInputError, match="cannot read file") as error:
+        decode_file(UNREADABLE)
+    assert str(UNREADABLE) in str(error.value)

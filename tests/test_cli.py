@@ -227,3 +227,10 @@ def test_evaluating_logs_only_when_the_command_line_asks():
     assert without_config_loggers(["fit", "--config", "c.yaml"]) == ["fit", "--config", "c.yaml"]
     asked = ["validate", "--config", "c.yaml", "--trainer.logger=lightning.pytorch.loggers.CSVLogger"]
     assert without_config_loggers(asked) == asked
+
+
+def test_a_config_key_that_does_not_exist_is_named(tmp_path):
+    result = run_cli(*stage1_args(tmp_path, "--model.no_such_key=3"), check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "'no_such_key' is not accepted" in result.stderr
+    assert not (tmp_path / "style").exists()
