@@ -88,6 +88,7 @@ def test_quickstart_stage1_fits_and_writes_a_loadable_adapter(tmp_path):
     assert sum(loss[-4:]) / 4 < sum(loss[:4]) / 4
     assert series(rows, "val_style/ppl") and series(rows, "val_general/ppl")
     assert series(rows, "val_style/ngram_char3") and series(rows, "base/fw_js")  # style scored at validation
+    assert series(rows, "val_style/p_style") and series(rows, "base/p_style")  # the classifier (general corpus)
     style_eval = json.loads(next((tmp_path / "logs").rglob("style_eval.json")).read_text())
     assert set(style_eval["rates"]) == {"corpus", "base", "styled"}
     assert len(style_eval["rates"]["corpus"]) == len(style_eval["feature_names"])
@@ -199,7 +200,9 @@ def test_stage2_after_stage1_replies_stop_and_never_start_a_new_turn(tmp_path):
     summary = json.loads((stacked / "summary.json").read_text())
     assert summary["stop_rate"] == stop_rate
     assert 0.0 <= summary["ngram_char3"] <= 1.0 and "fw_js" in summary  # replies scored for style
-    assert all("ngram_char2" in row and "distinct_2" in row for row in rows)  # per-sample figures
+    assert 0.0 <= summary["p_style"] <= 1.0  # the style classifier (config: eval_general_corpus)
+    assert all("ngram_char2" in row and "distinct_2" in row and 0.0 <= row["p_style"] <= 1.0 for row in rows)
+    assert summary["p_style"] == pytest.approx(sum(row["p_style"] for row in rows) / len(rows))
 
     # scripts/inference.py with no --preset uses the one the folder was trained with, and the reply stops
     chat = subprocess.run([sys.executable, "scripts/inference.py", "--model", str(stacked), "--greedy",

@@ -149,3 +149,25 @@ def test_real_text_held_out_accuracy():
     assert scores["n_test"] == 400
     assert scores["accuracy"] >= 0.95
     assert scores["style_recall"] >= 0.9 and scores["other_recall"] >= 0.9
+
+
+# ---------------------------------------------------------------- inside the package's style scores
+def test_style_scorer_reports_p_style_only_with_general_text(synthetic, tmp_path):
+    """Validation and predict score through StyleScorer: given general text it fits the classifier on the
+    two corpora and adds p_style (batch mean and per sample) to the other scores."""
+    from wuxia_lightning.evaluation import StyleScorer
+
+    replies = [synthetic["style_test"][:300], synthetic["other_test"][:300], synthetic["style_test"][300:500]]
+    plain = StyleScorer([synthetic["style_train"]], cache_dir=str(tmp_path))
+    plain.update(replies)
+    assert "p_style" not in plain.compute() and "p_style" not in plain.score_one(replies[0])
+
+    scorer = StyleScorer([synthetic["style_train"]], cache_dir=str(tmp_path), other_texts=[synthetic["other_train"]])
+    scorer.update(replies)
+    reference = StyleClassifier.fit([synthetic["style_train"]], [synthetic["other_train"]]).predict_proba(replies)
+    assert scorer.compute()["p_style"] == pytest.approx(float(np.mean(reference)), abs=1e-9)
+    assert [scorer.score_one(r)["p_style"] for r in replies] == pytest.approx(list(reference), abs=1e-9)
+    assert reference[0] > 0.5 > reference[1]  # the scores mean what they say
+    scorer.reset()
+    scorer.update(replies[:1])
+    assert scorer.compute()["p_style"] == pytest.approx(reference[0], abs=1e-9)

@@ -134,7 +134,7 @@ class Evaluator:
 
     def __init__(self, splits: Splits, out: Path, budget: Budget) -> None:
         from wuxia_lightning.data.corpus import read_corpus
-        from wuxia_lightning.evaluation import StyleScorer
+        from wuxia_lightning.evaluation import StyleScorer, capped
         from wuxia_lightning.metrics.style_classifier import StyleClassifier
         from wuxia_lightning.pretrained.tokenizer import load_saved_tokenizer
 
@@ -144,14 +144,14 @@ class Evaluator:
         self.general_windows = self._windows(splits.general_heldout_texts)
         self.openings = _openings(splits.style_heldout_texts, budget.continuations)
         style_train, _ = read_corpus(splits.style_train, to_simplified=True)
-        self.style_texts = _capped([d.text for d in style_train], budget.classifier_chars)
-        self.general_texts = _capped([Path(p).read_text(encoding="utf-8") for p in splits.general_train],
+        self.style_texts = capped([d.text for d in style_train], budget.classifier_chars)
+        self.general_texts = capped([Path(p).read_text(encoding="utf-8") for p in splits.general_train],
                                      budget.classifier_chars)
         self.classifier = StyleClassifier.load_or_fit(self.style_texts, self.general_texts,
                                                       cache_dir=out / "cache")
         self.scorer = StyleScorer(self.style_texts, cache_dir=str(out / "cache"))
-        self.heldout_style = _capped(splits.style_heldout_texts, budget.classifier_chars // 4)
-        self.heldout_general = _capped(splits.general_heldout_texts, budget.classifier_chars // 4)
+        self.heldout_style = capped(splits.style_heldout_texts, budget.classifier_chars // 4)
+        self.heldout_general = capped(splits.general_heldout_texts, budget.classifier_chars // 4)
 
     def _windows(self, texts: list[str]) -> list[torch.Tensor]:
         eos = self.tokenizer.convert_tokens_to_ids("<|endoftext|>")
@@ -217,16 +217,6 @@ def _openings(texts: list[str], count: int) -> list[str]:
     paragraphs = [p for text in texts for p in text.split("\n")[1:] if len(p) >= 40]
     step = max(1, len(paragraphs) // max(1, count))
     return [p[:24] for p in paragraphs[::step][:count]]
-
-
-def _capped(texts: list[str], characters: int) -> list[str]:
-    kept, total = [], 0
-    for text in texts:
-        if total >= characters:
-            break
-        kept.append(text[: characters - total])
-        total += len(kept[-1])
-    return kept
 
 
 # ---------------------------------------------------------------------------------------------- stage 1

@@ -42,8 +42,9 @@ class StyleSampleEvaluation(L.Callback):
             self.run(trainer, pl_module)
 
     def run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict:
-        if self.scorer is None:
-            self.scorer = StyleScorer(trainer.datamodule.corpus_texts("train"))
+        if self.scorer is None:  # with a general corpus, P(style) from a classifier of style vs general text
+            data = trainer.datamodule
+            self.scorer = StyleScorer(data.corpus_texts("train"), other_texts=data.general_texts() or None)
         prompts, counted = rank_share(self._prompts(), trainer.global_rank, trainer.world_size)
         styled = self._evaluate(pl_module.peft_model, trainer.datamodule.tokenizer, prompts, counted)
         if self.base is None:  # the base does not change: sample it once

@@ -163,6 +163,15 @@ class StyleDataModule(L.LightningDataModule):
                                    drop_modern=self.settings.drop_modern, modern_words=self.settings.modern_words)
         return [d.text for d in documents if (d.source, d.index) in wanted]
 
+    def general_texts(self) -> list[str]:
+        """Cleaned texts of the general corpus (empty without one): what the style is contrasted with."""
+        from wuxia_lightning.data.corpus import read_corpus
+
+        if not self.hparams.general_corpus:
+            return []
+        documents, _ = read_corpus(self.hparams.general_corpus, to_simplified=self.settings.to_simplified)
+        return [d.text for d in documents]
+
     def train_dataloader(self) -> DataLoader:
         dataset = MaskedWindowDataset(self.streams["train"], self.masker)
         sampler = EpochIndexSampler(dataset, num_replicas=self._world_size(), rank=self._rank(), shuffle=True,

@@ -87,6 +87,8 @@ def generation_scores() -> list[tuple[str, str, Better]]:
     return [*((f"ngram_{kind}", f"share of {kind[:4]} {kind[4:]}-grams also found in the style corpus", "higher")
               for kind in NGRAM_KINDS),
             ("fw_js", "JS divergence of the function-word distribution to the corpus's", "lower"),
+            ("p_style", "mean P(style) from a classifier of style vs general text (needs a general corpus)",
+             "higher"),
             *((f"distinct_{n}", f"distinct {n}-grams / all {n}-grams (repetition)", "higher")
               for n in DISTINCT_NS)]
 

@@ -67,6 +67,8 @@ class InstructModule(AdapterModule):
             (n-gram overlap, function words, distinct-n) in validation and predict; None skips style scores.
         eval_to_simplified: convert that corpus to Simplified characters first, as the shipped stage-1
             configs convert the training corpus (``data.to_simplified``); set it the same way as there.
+        eval_general_corpus: general modern text (file, folder, glob) to contrast the style corpus with: a
+            classifier of the two scores each reply's P(style) (``p_style``); None skips it.
         eval_samples: validation replies generated per epoch (from the val dialogues' prompts) to measure
             the stop rate and style; 0 disables.
         replay_beta: weight of KL(style+instruct ‖ style only) on style-corpus windows served beside each
@@ -87,7 +89,7 @@ class InstructModule(AdapterModule):
                  loss_chunk_size: int = 256, output_dir: str | None = None, overwrite_output: bool = False,
                  max_new_tokens: int = 128, do_sample: bool = False, temperature: float = 0.7,
                  top_p: float = 0.9, eval_style_corpus: str | list[str] | None = None,
-                 eval_to_simplified: bool = True,
+                 eval_to_simplified: bool = True, eval_general_corpus: str | list[str] | None = None,
                  eval_samples: int = 8, replay_beta: float = 0.0, style_scale: float = 1.0,
                  instruct_scale: float = 1.0, max_bad_steps: int = 10, trust_remote_code: bool = False) -> None:
         super().__init__()
@@ -267,7 +269,8 @@ class InstructModule(AdapterModule):
     def style_scorer(self) -> StyleScorer | None:
         if self._scorer is None and self.hparams.eval_style_corpus:
             self._scorer = StyleScorer.from_corpus(self.hparams.eval_style_corpus,
-                                                   to_simplified=self.hparams.eval_to_simplified)
+                                                   to_simplified=self.hparams.eval_to_simplified,
+                                                   other_sources=self.hparams.eval_general_corpus)
         return self._scorer
 
 
