@@ -63,7 +63,8 @@ class StyleDataModule(L.LightningDataModule):
 
     Args:
         corpus: style corpus — a file, folder or glob, or a list of them.
-        general_corpus: optional general-domain text, validated as plain LM (the forgetting check).
+        general_corpus: optional general-domain text, validated as plain LM (the forgetting check); the
+            sampled continuations are also scored by a classifier of style vs this text (P(style)).
         max_length: tokens per training sequence, infill tokens included.
         batch_size: windows per batch (per device; ``trainer.accumulate_grad_batches`` multiplies it).
         num_workers: DataLoader worker processes.
