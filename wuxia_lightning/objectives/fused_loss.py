@@ -19,8 +19,9 @@ keep per-sum pieces, held from forward to backward:
     it is frozen): V×d accumulators for Σ w·CE, for Σ CE (the same tensor when every weight is 1) and for
     Σ w·KL (only with a reference), so one to three V×d tensors. Bias the same, as V-vectors.
   * loss weights, only if they require grad: the per-row CE and KL (N-vectors).
-Only one chunk's V-sized tensors are alive at a time: three chunk×V buffers with a reference (log q,
-log p and logsumexp's temporary; the gradients reuse the first two in place), two without.
+Only one chunk's V-sized tensors are alive at a time: three chunk×V buffers with a reference (log q, and
+the policy logits while log_softmax writes log p; the gradients reuse log q and log p in place), two
+without.
 
 Logits are computed in ``compute_dtype`` (fp32 by default) even for bf16/fp16 inputs, and with autocast
 switched off: bf16 logits of magnitude ~20 are only good to ~0.06, which softmax turns into ~6 %
@@ -155,10 +156,10 @@ def _chunk_and_store(stored: _Stored, rows: slice, h: torch.Tensor, targets: tor
 def _chunk(h: torch.Tensor, targets: torch.Tensor, ref_h: torch.Tensor | None, head: torch.Tensor,
            bias: torch.Tensor | None, logit_grads: bool
            ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-    """Per-row CE and KL of one chunk, and dCE/dz, dKL/dz if asked. Works in place on the logits so at
-    most two chunk×V tensors are alive (plus logsumexp's temporary)."""
-    log_ratio = _log_softmax_(_logits(ref_h, head, bias)) if ref_h is not None else None  # log q, for now
-    log_p = _log_softmax_(_logits(h, head, bias))
+    """Per-row CE and KL of one chunk, and dCE/dz, dKL/dz if asked. After log_softmax everything works in
+    place on log q and log p, so at most three chunk×V tensors are ever alive."""
+    log_ratio = _log_softmax(_logits(ref_h, head, bias)) if ref_h is not None else None  # log q, for now
+    log_p = _log_softmax(_logits(h, head, bias))
     nll = -log_p.gather(1, targets.unsqueeze(1)).squeeze(1)
     if log_ratio is not None:
         log_ratio.neg_().add_(log_p)  # log p − log q
@@ -227,9 +228,11 @@ def _logits(h: torch.Tensor, head: torch.Tensor, bias: torch.Tensor | None) -> t
     return torch.addmm(bias, h, head.T) if bias is not None else h @ head.T
 
 
-def _log_softmax_(logits: torch.Tensor) -> torch.Tensor:
-    """In place: no second chunk×V buffer for the normalised values."""
-    return logits.sub_(torch.logsumexp(logits, dim=1, keepdim=True))
+def _log_softmax(logits: torch.Tensor) -> torch.Tensor:
+    """One fused kernel (max, sum of exp and the write in a single sweep per row). It allocates the output,
+    but logsumexp-then-subtract-in-place allocated as large a temporary and made four sweeps over the
+    chunk: 2–3× slower on CPU (benchmarks/bench_training_step.py), and more kernel launches on a GPU."""
+    return torch.log_softmax(logits, dim=1)
 
 
 def _rowwise_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
