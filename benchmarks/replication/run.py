@@ -135,7 +135,6 @@ class Evaluator:
     def __init__(self, splits: Splits, out: Path, budget: Budget) -> None:
         from wuxia_lightning.data.corpus import read_corpus
         from wuxia_lightning.evaluation import StyleScorer, capped
-        from wuxia_lightning.metrics.style_classifier import StyleClassifier
         from wuxia_lightning.pretrained.tokenizer import load_saved_tokenizer
 
         self.budget, self.base = budget, str(out / "models" / "base")
@@ -147,9 +146,9 @@ class Evaluator:
         self.style_texts = capped([d.text for d in style_train], budget.classifier_chars)
         self.general_texts = capped([Path(p).read_text(encoding="utf-8") for p in splits.general_train],
                                      budget.classifier_chars)
-        self.classifier = StyleClassifier.load_or_fit(self.style_texts, self.general_texts,
-                                                      cache_dir=out / "cache")
-        self.scorer = StyleScorer(self.style_texts, cache_dir=str(out / "cache"))
+        # One scorer for every style figure; given general text it fits (or loads) the classifier too.
+        self.scorer = StyleScorer(self.style_texts, cache_dir=str(out / "cache"), other_texts=self.general_texts)
+        self.classifier = self.scorer.classifier
         self.heldout_style = capped(splits.style_heldout_texts, budget.classifier_chars // 4)
         self.heldout_general = capped(splits.general_heldout_texts, budget.classifier_chars // 4)
 
@@ -186,15 +185,11 @@ class Evaluator:
         return math.exp(nll / tokens), kl / tokens
 
     def style_scores(self, texts: list[str]) -> dict:
-        from wuxia_lightning.metrics.style_classifier import StyleProbability
-
-        probability = StyleProbability(self.classifier)
-        probability.update(texts)
         self.scorer.reset()
         self.scorer.update(texts)
         scores, rates = self.scorer.compute(), self.scorer.rates()
         self.scorer.reset()
-        return {"p_style": float(probability.compute()), "fw_js": scores["fw_js"],
+        return {"p_style": scores["p_style"], "fw_js": scores["fw_js"],
                 "distinct_2": scores.get("distinct_2", float("nan")), "ngram_char3": scores.get("ngram_char3"), "fw_rates": rates}
 
     def continuations(self, model) -> list[str]:
