@@ -62,7 +62,7 @@ class Budget:
     classifier_chars: int = 400_000
 
 
-SMOKE = Budget(hidden=64, layers=2, base_steps=4, base_batch=4, length=96, stage1_steps=3, stage1_batch=2,
+SMOKE = Budget(hidden=64, layers=2, base_steps=4, base_batch=4, length=256, stage1_steps=3, stage1_batch=2,
                stage2_steps=3, stage2_batch=2, eval_windows=4, continuations=3, continuation_tokens=16,
                instruct_train=40, instruct_heldout=4, reply_tokens=16, classifier_chars=20_000)
 
