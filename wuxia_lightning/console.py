@@ -26,6 +26,8 @@ NOISY_LOG_MESSAGES: dict[str, tuple[str, ...]] = {
     "kernels._internals.hf_hub": (r"Skipping publisher trust check for '.*' because Hugging Face Hub is in offline mode",),
     "bitsandbytes.backends.cpu.ops": (r"Failed to load CPU gemm_4bit_forward from kernels-community",),
     "lightning.pytorch.utilities.rank_zero": (r"💡 Tip: .*litlogger",),
+    # We add the infill tokens on purpose and say so; the init method of their rows is not the user's concern.
+    "transformers.modeling_utils": (r"The new embeddings will be initialized from a multivariate normal",),
     "jieba": (r"Building prefix dict from ", r"Loading model from cache ", r"Loading model cost ",
               r"Prefix dict has been built successfully", r"Dumping model to file cache "),
 }

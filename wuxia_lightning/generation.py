@@ -1,4 +1,5 @@
-"""Generation with the chat template: replies that stop at <|im_end|> and never start a new turn."""
+"""Generation with the chat template: replies that stop at the end-of-turn token (<|im_end|>, Gemma's
+<end_of_turn>) and never start a new turn."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 
 from wuxia_lightning.metrics.stopping import classify_generation
 from wuxia_lightning.modeling.stacking import stop_token_ids
-from wuxia_lightning.pretrained.tokenizer import ensure_chat_template
+from wuxia_lightning.pretrained.tokenizer import chat_format, ensure_chat_template
 
 Message = dict[str, str]
 
@@ -34,7 +35,7 @@ class Reply:
     generation: str
     new_tokens: int
     stopped: bool             # ended by a stop token before max_new_tokens
-    continues_dialogue: bool  # produced <|im_start|> / a new role header
+    continues_dialogue: bool  # produced the turn-opening token (<|im_start|>) / a new role header
 
 
 def chat_prompt(tokenizer, messages: Sequence[Message]) -> str:
@@ -49,10 +50,11 @@ def generate_replies(model, tokenizer, conversations: Sequence[Sequence[Message]
     last user text, no chat template (stage-1 models)."""
     texts = [conv[-1]["content"] if raw_prompts else chat_prompt(tokenizer, conv) for conv in conversations]
     stops = stop_token_ids(tokenizer)
-    im_start = tokenizer.convert_tokens_to_ids("<|im_start|>")
+    turn_start = tokenizer.convert_tokens_to_ids(chat_format(tokenizer).turn_start)
     padding_side, tokenizer.padding_side = tokenizer.padding_side, "left"
     try:
-        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+        # Raw text gets what the tokenizer puts before any text (Gemma's <bos>); a chat template has its own.
+        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=raw_prompts).to(model.device)
     finally:
         tokenizer.padding_side = padding_side
     output = model.generate(**batch, eos_token_id=stops, pad_token_id=tokenizer.pad_token_id,
@@ -60,7 +62,7 @@ def generate_replies(model, tokenizer, conversations: Sequence[Sequence[Message]
     replies = []
     for text, row in zip(texts, output[:, batch["input_ids"].shape[1]:].tolist(), strict=True):
         tokens = _strip_padding(row, tokenizer.pad_token_id, stops)
-        stopped, continued = classify_generation(tokens, set(stops), im_start, settings.max_new_tokens)
+        stopped, continued = classify_generation(tokens, set(stops), turn_start, settings.max_new_tokens)
         replies.append(Reply(text, decode_complete(tokenizer, tokens).strip(), len(tokens), stopped, continued))
     return replies
 
@@ -95,7 +97,7 @@ def stream_reply(model, tokenizer, messages: Sequence[Message], settings: Genera
     from transformers import TextIteratorStreamer
 
     text = messages[-1]["content"] if raw_prompt else chat_prompt(tokenizer, messages)
-    inputs = tokenizer(text, return_tensors="pt", add_special_tokens=False).to(model.device)
+    inputs = tokenizer(text, return_tensors="pt", add_special_tokens=raw_prompt).to(model.device)
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     errors: list[BaseException] = []
 

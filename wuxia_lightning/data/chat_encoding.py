@@ -1,7 +1,8 @@
 """Chat template and loss labels for stage 2.
 
-Labels are -100 everywhere except the assistant replies **and their closing ``<|im_end|>``** (every
-assistant turn). The spans come from the tokenizer's own chat template (ChatML when it has none):
+Labels are -100 everywhere except the assistant replies **and their closing turn token** (``<|im_end|>``
+in ChatML, ``<end_of_turn>`` for Gemma; every assistant turn). The spans come from the tokenizer's own chat
+template (its family's — Gemma's or ChatML — when it has none):
 
 1. render the whole dialogue once (``full``);
 2. for each assistant turn ``i`` render ``messages[:i]`` with the generation prompt (``prefix``) and
@@ -23,10 +24,11 @@ from dataclasses import asdict, dataclass
 from wuxia_lightning.data.chat_formats import Message
 from wuxia_lightning.pretrained.tokenizer import (
     ChatTemplateError,
-    chatml_token_ids,
+    chat_format,
     has_chat_template,
+    turn_token_ids,
 )
-from wuxia_lightning.tokens import CHATML_TEMPLATE, IGNORE_INDEX, IM_END
+from wuxia_lightning.tokens import IGNORE_INDEX
 
 
 @dataclass
@@ -52,7 +54,7 @@ class EncodingStats:
 
 
 def _render(tokenizer, messages: Sequence[Message], generation_prompt: bool) -> str:
-    kwargs = {} if has_chat_template(tokenizer) else {"chat_template": CHATML_TEMPLATE}
+    kwargs = {} if has_chat_template(tokenizer) else {"chat_template": chat_format(tokenizer).template}
     text = tokenizer.apply_chat_template(list(messages), tokenize=False,
                                         add_generation_prompt=generation_prompt, **kwargs)
     if not isinstance(text, str):
@@ -63,7 +65,8 @@ def _render(tokenizer, messages: Sequence[Message], generation_prompt: bool) -> 
 
 def reply_spans(tokenizer, messages: Sequence[Message]) -> tuple[str, list[tuple[int, int]]]:
     """The full rendering and the character spans ``[start, end)`` of every assistant reply including its
-    closing ``<|im_end|>`` (not the newline after it)."""
+    closing turn token (``<|im_end|>``, Gemma's ``<end_of_turn>``; not the newline after it)."""
+    turn_end = chat_format(tokenizer).turn_end
     roles = [m["role"] for m in messages]
     if "assistant" not in roles:
         raise ValueError("dialogue has no assistant turn")
@@ -82,13 +85,13 @@ def reply_spans(tokenizer, messages: Sequence[Message]) -> tuple[str, list[tuple
                 "history, e.g. a Qwen3 thinking template); labels would be wrong. Use a template that "
                 "renders each turn independently (e.g. the ChatML fallback: set tokenizer.chat_template).")
         segment = upto[len(prefix):]
-        end = segment.rfind(IM_END)
+        end = segment.rfind(turn_end)
         if end < 0:
-            raise ChatTemplateError(f"the chat template does not close assistant turns with {IM_END}")
+            raise ChatTemplateError(f"the chat template does not close assistant turns with {turn_end}")
         if message["content"].strip() not in segment[:end]:
             raise ChatTemplateError(f"the chat template does not render assistant turn {i} verbatim "
                                     "after the generation prompt")
-        spans.append((len(prefix), len(prefix) + end + len(IM_END)))
+        spans.append((len(prefix), len(prefix) + end + len(turn_end)))
     return full, spans
 
 
@@ -96,7 +99,8 @@ def encode_dialogue(tokenizer, messages: list[Message], max_length: int) -> Enco
     """Token ids and labels of one dialogue; ``None`` when its first assistant reply does not fit."""
     if max_length <= 0:
         raise ValueError(f"max_length must be positive, got {max_length}")
-    _, im_end_id = chatml_token_ids(tokenizer)
+    turn_end = chat_format(tokenizer).turn_end
+    _, turn_end_id = turn_token_ids(tokenizer)
     full, spans = reply_spans(tokenizer, messages)
     if not getattr(tokenizer, "is_fast", True):
         raise ChatTemplateError("a fast tokenizer is needed (offset mappings)")
@@ -116,11 +120,11 @@ def encode_dialogue(tokenizer, messages: list[Message], max_length: int) -> Enco
         if end > start and start >= span_start and end <= span_end:
             labels[t] = input_ids[t]
             if end == span_end:
-                if input_ids[t] != im_end_id:
-                    raise ChatTemplateError(f"assistant reply does not end with the {IM_END} token")
+                if input_ids[t] != turn_end_id:
+                    raise ChatTemplateError(f"assistant reply does not end with the {turn_end} token")
                 reply_ends.append(t + 1)
     if len(reply_ends) != len(spans):
-        raise ChatTemplateError(f"could not find the closing {IM_END} token of every assistant reply")
+        raise ChatTemplateError(f"could not find the closing {turn_end} token of every assistant reply")
 
     if len(input_ids) <= max_length:
         return EncodedDialogue(input_ids, labels, truncated=False)

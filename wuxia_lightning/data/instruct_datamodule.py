@@ -189,7 +189,7 @@ class InstructDataModule(L.LightningDataModule):
         style.prepare_data()
         style.setup("fit")
         chat_batches = -(-len(self.datasets["train"]) // hp.batch_size)
-        return CycledWindows(MaskedWindowDataset(style.streams["train"], masker=None),
+        return CycledWindows(MaskedWindowDataset(style.streams["train"], masker=None, leading_ids=style.leading_ids),
                              chat_batches * hp.replay_batch_size)
 
     def _encode(self, split: str, files: str | list[str], system: str | None) -> Dataset:

@@ -19,8 +19,13 @@ from wuxia_lightning.data.token_cache import IngestSettings, TokenizedDocument, 
 from wuxia_lightning.data.windows import TokenStream, build_stream
 from wuxia_lightning.errors import UserInputError
 from wuxia_lightning.io import atomic_write, cache_root, strict_json
-from wuxia_lightning.pretrained.tokenizer import check_max_length, load_tokenizer
-from wuxia_lightning.tokens import END_OF_TEXT
+from wuxia_lightning.pretrained.tokenizer import (
+    check_max_length,
+    document_end_id,
+    leading_special_ids,
+    load_tokenizer,
+)
+from wuxia_lightning.tokens import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
 INGEST_REPORT = "ingest_report.json"
@@ -28,10 +33,16 @@ MIN_WINDOW_TOKENS = 8  # fewer tokens of text per window is a misconfiguration, 
 
 
 class MaskedWindowDataset(Dataset):
-    """Indexed by (epoch, index): the masking draw depends on both, never on worker or rank."""
+    """Indexed by (epoch, index): the masking draw depends on both, never on worker or rank.
 
-    def __init__(self, stream: TokenStream, masker: DynamicMasker | None, fixed_epoch: int = 0) -> None:
+    ``leading_ids``: tokens put before every sample, never a target (Gemma's ``<bos>``: its models expect
+    every sequence to start with it); the windows are that much shorter than ``max_length``.
+    """
+
+    def __init__(self, stream: TokenStream, masker: DynamicMasker | None, fixed_epoch: int = 0,
+                 leading_ids: tuple[int, ...] | list[int] = ()) -> None:
         self.stream, self.masker, self.fixed_epoch = stream, masker, fixed_epoch
+        self.leading_ids = np.asarray(leading_ids, dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.stream)
@@ -45,8 +56,18 @@ class MaskedWindowDataset(Dataset):
                       "mode": int(MaskMode.NONE), "masked_tokens": 0, "shortfall_tokens": 0}
         else:
             sample = self.masker(ids, function_word, special, epoch, index)
+        if len(self.leading_ids):
+            sample = with_leading_ids(sample, self.leading_ids)
         # The sample's identity travels with it: logs and the non-finite guard can name it.
         return {**sample, "epoch": epoch, "index": index}
+
+
+def with_leading_ids(sample: dict, leading_ids: np.ndarray) -> dict:
+    """``sample`` with ``leading_ids`` in front: inputs only (label ignored, loss weight 0)."""
+    n = len(leading_ids)
+    return {**sample, "input_ids": np.concatenate([leading_ids, sample["input_ids"]]),
+            "labels": np.concatenate([np.full(n, IGNORE_INDEX, dtype=np.int64), sample["labels"]]),
+            "loss_weights": np.concatenate([np.zeros(n, dtype=np.float32), sample["loss_weights"]])}
 
 
 def check_fills_a_window(stream: TokenStream, window: int, max_length: int, corpus: str | list[str]) -> None:
@@ -95,6 +116,7 @@ class StyleDataModule(L.LightningDataModule):
         self.settings = IngestSettings(to_simplified=to_simplified, drop_modern=drop_modern)
         self.cache_dir = Path(cache_dir) if cache_dir else cache_root() / "tokens"
         self.tokenizer = None
+        self.leading_ids: list[int] = []
         self.streams: dict[str, TokenStream] = {}
         self.split_documents: dict[str, list] = {}
         self.positions = TrainLoaderPositions()
@@ -118,7 +140,9 @@ class StyleDataModule(L.LightningDataModule):
         check_max_length(self.hparams.model_name_or_path, self.hparams.max_length,
                          self.hparams.tokenizer_name_or_path)
         self.tokenizer = load_tokenizer(self.hparams.model_name_or_path, self.hparams.tokenizer_name_or_path)
-        window = self.masking.window_length(self.hparams.max_length)
+        self.leading_ids = leading_special_ids(self.tokenizer)
+        text_length = self.hparams.max_length - len(self.leading_ids)
+        window = self.masking.window_length(text_length)
         if window < MIN_WINDOW_TOKENS:
             raise UserInputError(f"--data.max_length={self.hparams.max_length} with --data.mask_rate="
                                  f"{self.hparams.mask_rate} leaves {window} tokens of text per window after room for "
@@ -128,17 +152,17 @@ class StyleDataModule(L.LightningDataModule):
                                                self.hparams.seed)
         self.split_documents = {"train": train_docs, "val": val_docs}
         by_identity = {(d.document.source, d.document.index): d for d in documents}
-        eos = self.tokenizer.convert_tokens_to_ids(END_OF_TEXT)
+        eos = document_end_id(self.tokenizer)
         self.streams["train"] = build_stream([by_identity[(d.source, d.index)] for d in train_docs], eos, window)
         check_fills_a_window(self.streams["train"], window, self.hparams.max_length, self.hparams.corpus)
         self.streams["val"] = build_stream([by_identity[(d.source, d.index)] for d in val_docs], eos, window)
         if self.hparams.general_corpus:
             general, _ = self._load(self.hparams.general_corpus)
-            self.streams["general"] = build_stream(general, eos, self.hparams.max_length)
+            self.streams["general"] = build_stream(general, eos, text_length)
         self.ingest_reports = reports
         self._report_ingest(IngestReport(reports))
         self.masker = DynamicMasker(self.masking, InfillTokens.from_tokenizer(self.tokenizer),
-                                    self.hparams.max_length)
+                                    text_length)
         log.info("style corpus: %d train / %d val documents, %d / %d windows of %d tokens", len(train_docs),
                  len(val_docs), len(self.streams["train"]), len(self.streams["val"]), window)
 
@@ -174,7 +198,7 @@ class StyleDataModule(L.LightningDataModule):
         return [d.text for d in documents]
 
     def train_dataloader(self) -> DataLoader:
-        dataset = MaskedWindowDataset(self.streams["train"], self.masker)
+        dataset = MaskedWindowDataset(self.streams["train"], self.masker, leading_ids=self.leading_ids)
         sampler = EpochIndexSampler(dataset, num_replicas=self._world_size(), rank=self._rank(), shuffle=True,
                                     seed=self.hparams.seed)
         # Resumable: a run killed mid-epoch continues at the next unseen window of the same order.
@@ -182,9 +206,11 @@ class StyleDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> list[DataLoader]:
         """Style validation with a fixed draw (epoch 0), plus general-domain text as plain LM if given."""
-        loaders = [self._eval_loader(MaskedWindowDataset(self.streams["val"], self.masker))]
+        loaders = [self._eval_loader(MaskedWindowDataset(self.streams["val"], self.masker,
+                                                         leading_ids=self.leading_ids))]
         if "general" in self.streams:
-            loaders.append(self._eval_loader(MaskedWindowDataset(self.streams["general"], None)))
+            loaders.append(self._eval_loader(MaskedWindowDataset(self.streams["general"], None,
+                                                                 leading_ids=self.leading_ids)))
         return loaders
 
     def test_dataloader(self) -> list[DataLoader]:

@@ -207,7 +207,7 @@ def export_model(folder: str | Path, out: str | Path, *, fmt: Format, dtype: Exp
     manifest = read_manifest(folder)
     scales = {STYLE: style_scale, INSTRUCT: instruct_scale}
     info = {"format": fmt, "source": str(folder.resolve()), "stage": manifest.get("stage"),
-            "base_model": base or manifest["base_model"], "dtype": dtype,
+            "base_model": base or manifest["base_model"], "base_source": manifest.get("base_source"), "dtype": dtype,
             "trained_quantization": manifest.get("training", {}).get("quantization", "none")}
     if fmt == "adapter":
         return export_adapter(folder, out, manifest, info, scales, pad_for, replace)

@@ -41,7 +41,11 @@ def load_base_model(model_name_or_path: str, *, tokenizer_name_or_path: str | No
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     vocabulary = len(load_tokenizer(model_name_or_path, tokenizer_name_or_path, trust_remote_code=trust_remote_code))
     if vocabulary > model.get_input_embeddings().num_embeddings:  # infill tokens were added
-        model.resize_token_embeddings(vocabulary, pad_to_multiple_of=64)
+        # The new rows are drawn at random (mean and covariance of the old ones): from a fixed seed, so every
+        # load of the base has the same rows and the caller's random stream does not move.
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            model.resize_token_embeddings(vocabulary, pad_to_multiple_of=64)
     model.requires_grad_(False)
     if quantization == "4bit":
         disable_cpu_4bit_repacking(model)

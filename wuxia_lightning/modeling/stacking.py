@@ -17,6 +17,7 @@ from wuxia_lightning.errors import UserInputError
 from wuxia_lightning.io import staged_directory, strict_json
 from wuxia_lightning.modeling.adapters import activate, gathered
 from wuxia_lightning.modeling.loading import Precision, Quantization, load_base_model
+from wuxia_lightning.pretrained.gguf import gguf_provenance
 from wuxia_lightning.pretrained.tokenizer import load_saved_tokenizer
 from wuxia_lightning.tokens import STOP_TOKENS
 
@@ -79,20 +80,28 @@ def check_same_base(base: torch.nn.Module, adapter_dir: Path) -> None:
     given = getattr(getattr(base, "config", None), "_name_or_path", None)
     if not trained_on or not given or _same_model(trained_on, given):
         return
-    named = _manifest_base(adapter_dir)  # the name the user typed in stage 1, e.g. 'tiny-qwen2'
+    named = _manifest_base(adapter_dir)  # the name the user typed in stage 1, e.g. 'tiny-qwen2' or a .gguf
     trained_label = f"'{named}' ({trained_on})" if named and named != trained_on else f"'{trained_on}'"
+    given_source = gguf_provenance(given)
+    given_label = f"'{given_source['file']}' (GGUF sha256 {given_source['sha256']})" if given_source else f"'{given}'"
     raise UserInputError(f"the style adapter was trained on base model {trained_label} but the base model given "
-                         f"is '{given}' (--model.model_name_or_path); use the adapter's base model",
+                         f"is {given_label} (--model.model_name_or_path); use the adapter's base model",
                          path=str(config_path), field="base_model_name_or_path")
 
 
 def _manifest_base(folder: Path) -> str | None:
-    """The manifest's "base_model", for the message only: a missing or broken manifest is no error here."""
+    """The manifest's "base_model" (with the GGUF file's hash when it was one), for the message only: a
+    missing or broken manifest is no error here."""
     try:
-        named = json.loads((folder / MANIFEST).read_text(encoding="utf-8")).get("base_model")
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+        named, source = manifest.get("base_model"), manifest.get("base_source")
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
         return None
-    return named if isinstance(named, str) else None
+    if not isinstance(named, str):
+        return None
+    if isinstance(source, dict) and source.get("sha256"):
+        return f"{named} (GGUF sha256 {source['sha256']})"
+    return named
 
 
 def _same_model(a: str, b: str) -> bool:
@@ -120,8 +129,8 @@ def save_stacked(peft_model, out_dir: str | Path, tokenizer, manifest: dict, sta
 
 
 def generation_config(tokenizer):
-    """Stop on <|im_end|> as well as EOS: a Qwen2.5 base config's eos is <|endoftext|> (151643) while chat
-    turns end with <|im_end|> (151645)."""
+    """Stop on the end-of-turn token as well as EOS: a Qwen2.5 base config's eos is <|endoftext|> (151643)
+    while chat turns end with <|im_end|> (151645); a Gemma base's eos is <eos> and turns end with <end_of_turn>."""
     from transformers import GenerationConfig
 
     return GenerationConfig(eos_token_id=stop_token_ids(tokenizer), pad_token_id=tokenizer.pad_token_id,
@@ -129,7 +138,8 @@ def generation_config(tokenizer):
 
 
 def stop_token_ids(tokenizer) -> list[int]:
-    """<|im_end|> (end of a chat turn), <|endoftext|> (a Qwen2.5 base config's eos) and the tokenizer's eos.
+    """<|im_end|> / <end_of_turn> (end of a chat turn), <|endoftext|> (a Qwen2.5 base config's eos) and the
+    tokenizer's eos.
 
     A token counts only if it round-trips: an unknown token maps to the unk id, and some tokenizers name
     <|endoftext|> as their unk token, so comparing with the unk id would drop a real stop token.

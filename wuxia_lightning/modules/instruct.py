@@ -39,6 +39,7 @@ from wuxia_lightning.modeling.stacking import (
 )
 from wuxia_lightning.modules.common import AdapterModule
 from wuxia_lightning.modules.sharding import whole
+from wuxia_lightning.pretrained.gguf import gguf_provenance
 from wuxia_lightning.pretrained.tokenizer import ensure_chat_template
 
 AdapterMode = Literal["stacked", "continue_style", "composed"]
@@ -195,7 +196,7 @@ class InstructModule(AdapterModule):
         tokenizer = self.tokenizer()
         ensure_chat_template(tokenizer)
         manifest = {"stage": "instruct", "base_model": hp.model_name_or_path,
-                    "tokenizer": hp.tokenizer_name_or_path, "adapters": self.adapters,
+                    "base_source": gguf_provenance(hp.model_name_or_path), "tokenizer": hp.tokenizer_name_or_path, "adapters": self.adapters,
                     "adapter_origin": {STYLE: str(Path(hp.style_adapter).resolve()),
                                        **({INSTRUCT: "trained here"} if INSTRUCT in self.adapters else {})},
                     "adapter_mode": hp.adapter_mode, "chat_template": tokenizer.chat_template,

@@ -23,6 +23,7 @@ from wuxia_lightning.modeling.adapters import (
 from wuxia_lightning.modeling.loading import Precision, Quantization, load_base_model
 from wuxia_lightning.modules.common import AdapterModule
 from wuxia_lightning.objectives.causal_lm import StyleAlignmentLoss, style_alignment_loss
+from wuxia_lightning.pretrained.gguf import gguf_provenance
 from wuxia_lightning.pretrained.tokenizer import added_infill_token_ids
 
 ADAPTER = "style"
@@ -146,7 +147,7 @@ class StyleAlignmentModule(AdapterModule):
         if self.trainer.global_rank != 0:
             return
         manifest = {"stage": "style", "adapters": [ADAPTER], "base_model": self.hparams.model_name_or_path,
-                    "training": dict(self.hparams)}
+                    "base_source": gguf_provenance(self.hparams.model_name_or_path), "training": dict(self.hparams)}
         save_adapter_atomically(self.peft_model, ADAPTER, self.hparams.output_dir, self.tokenizer(), manifest,
                                 state_dict=state)
 

@@ -42,20 +42,26 @@ Sums = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (Σ w·CE, Σ w·KL, �
 
 def fused_ce_kl(hidden: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor, head_weight: torch.Tensor,
                 head_bias: torch.Tensor | None = None, ref_hidden: torch.Tensor | None = None,
-                chunk_size: int = 256, compute_dtype: torch.dtype = torch.float32) -> Sums:
+                chunk_size: int = 256, compute_dtype: torch.dtype = torch.float32,
+                row_index: torch.Tensor | None = None, row_weight: torch.Tensor | None = None) -> Sums:
     """(Σ w·CE, Σ w·KL(P_policy ‖ P_ref), Σ CE) over the N rows of ``hidden`` (N×d), ``chunk_size`` at a time.
 
     ``targets`` (N) are already-selected labels (no IGNORE_INDEX: see ``select_loss_positions``); the LM
     head is ``hidden @ head_weight.T + head_bias``. ``ref_hidden`` (N×d) gets no gradient; None skips the
     reference pass and returns a zero KL. Gradients flow to hidden, head_weight/bias and weights when they
     require grad.
+
+    ``row_index`` (k) / ``row_weight`` (k×d): the head's rows ``row_index`` are ``row_weight`` instead (new
+    tokens trained on a tied, frozen head: peft ``trainable_token_indices``); their gradient is k×d, built
+    from the k logit columns, so training a few rows never costs a V×d gradient.
     """
-    args = (hidden, targets, weights, head_weight, head_bias, ref_hidden, chunk_size, compute_dtype)
+    args = (hidden, targets, weights, head_weight, head_bias, ref_hidden, chunk_size, compute_dtype, row_index,
+            row_weight)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad
-                                       for t in (hidden, weights, head_weight, head_bias)):
+                                       for t in (hidden, weights, head_weight, head_bias, row_weight)):
         return _FusedCEKL.apply(*args)
     # Nothing to differentiate (evaluation): the same pass without the gradient matmuls.
-    sums, _ = _run(*args, wanted=_Wanted(hidden=False, head=False, bias=False, weights=False))
+    sums, _ = _run(*args, wanted=_Wanted(hidden=False, head=False, bias=False, weights=False, rows=False))
     return sums
 
 
@@ -67,9 +73,10 @@ class _Wanted:
     head: bool
     bias: bool
     weights: bool
+    rows: bool = False
 
     def any_logit_grads(self) -> bool:
-        return self.hidden or self.head or self.bias
+        return self.hidden or self.head or self.bias or self.rows
 
 
 @dataclass
@@ -86,6 +93,10 @@ class _Stored:
     bias_wkl: torch.Tensor | None = None
     row_nll: torch.Tensor | None = None       # N: CE per row = d(Σ w·CE)/dw
     row_kl: torch.Tensor | None = None        # N: KL per row = d(Σ w·KL)/dw
+    rows_wce: torch.Tensor | None = None      # k×d: d(Σ w·CE)/d row_weight, likewise for Σ CE and Σ w·KL
+    rows_nll: torch.Tensor | None = None
+    rows_wkl: torch.Tensor | None = None
+    row_index: torch.Tensor | None = None     # k: which logit columns feed the row gradients
 
 
 class _FusedCEKL(torch.autograd.Function):
@@ -94,14 +105,17 @@ class _FusedCEKL(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, hidden: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor,
                 head_weight: torch.Tensor, head_bias: torch.Tensor | None, ref_hidden: torch.Tensor | None,
-                chunk_size: int, compute_dtype: torch.dtype) -> Sums:
+                chunk_size: int, compute_dtype: torch.dtype, row_index: torch.Tensor | None,
+                row_weight: torch.Tensor | None) -> Sums:
         needs = ctx.needs_input_grad
-        wanted = _Wanted(hidden=needs[0], weights=needs[2], head=needs[3], bias=head_bias is not None and needs[4])
+        wanted = _Wanted(hidden=needs[0], weights=needs[2], head=needs[3], bias=head_bias is not None and needs[4],
+                         rows=row_weight is not None and needs[9])
         sums, ctx.stored = _run(hidden, targets, weights, head_weight, head_bias, ref_hidden, chunk_size,
-                                compute_dtype, wanted)
+                                compute_dtype, row_index, row_weight, wanted)
         ctx.save_for_backward(weights)
         ctx.dtypes = (hidden.dtype, weights.dtype, head_weight.dtype,
-                      head_bias.dtype if head_bias is not None else None)
+                      head_bias.dtype if head_bias is not None else None,
+                      row_weight.dtype if row_weight is not None else None)
         return sums
 
     @staticmethod
@@ -110,24 +124,33 @@ class _FusedCEKL(torch.autograd.Function):
                  ) -> tuple[torch.Tensor | None, ...]:
         (weights,) = ctx.saved_tensors
         stored: _Stored = ctx.stored
-        hidden_dtype, weights_dtype, head_dtype, bias_dtype = ctx.dtypes
+        hidden_dtype, weights_dtype, head_dtype, bias_dtype, rows_dtype = ctx.dtypes
         w = weights.to(grad_ce.dtype)
         grad_hidden = _scale_rows(stored.hidden_ce, grad_ce * w + grad_nll, stored.hidden_kl, grad_kl * w)
         grad_head = _combine(stored.head_wce, grad_ce, stored.head_nll, grad_nll, stored.head_wkl, grad_kl)
         grad_bias = _combine(stored.bias_wce, grad_ce, stored.bias_nll, grad_nll, stored.bias_wkl, grad_kl)
         grad_weights = _combine(stored.row_nll, grad_ce, None, grad_nll, stored.row_kl, grad_kl)
+        grad_rows = _combine(stored.rows_wce, grad_ce, stored.rows_nll, grad_nll, stored.rows_wkl, grad_kl)
         return (_cast(grad_hidden, hidden_dtype), None, _cast(grad_weights, weights_dtype),
-                _cast(grad_head, head_dtype), _cast(grad_bias, bias_dtype), None, None, None)
+                _cast(grad_head, head_dtype), _cast(grad_bias, bias_dtype), None, None, None, None,
+                _cast(grad_rows, rows_dtype))
 
 
 def _run(hidden: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor, head_weight: torch.Tensor,
          head_bias: torch.Tensor | None, ref_hidden: torch.Tensor | None, chunk_size: int,
-         compute_dtype: torch.dtype, wanted: _Wanted) -> tuple[Sums, _Stored]:
+         compute_dtype: torch.dtype, row_index: torch.Tensor | None, row_weight: torch.Tensor | None,
+         wanted: _Wanted) -> tuple[Sums, _Stored]:
     """The chunk loop: sums, plus the gradient pieces ``wanted`` asks for."""
     head = head_weight.to(compute_dtype)  # one upcast per call, not per chunk (no copy if already fp32)
+    if row_index is not None:  # a copy with the overridden rows (V×d, alive during forward only)
+        head = head.detach().index_copy(0, row_index, row_weight.detach().to(compute_dtype))
     bias = head_bias.to(compute_dtype) if head_bias is not None else None
     w = weights.to(compute_dtype)
     stored = _allocate(hidden, head, bias, w, ref_hidden is not None, wanted)
+    if wanted.rows:
+        stored.row_index = row_index
+        stored.rows_wce, stored.rows_nll, stored.rows_wkl = _head_accumulators(head[row_index], w,
+                                                                               ref_hidden is not None)
     totals = [hidden.new_zeros((), dtype=compute_dtype) for _ in range(3)]  # Σ w·CE, Σ w·KL, Σ CE
     # Autocast (bf16-mixed training) would turn the matmuls below back into half precision: opt out.
     with torch.no_grad(), torch.autocast(hidden.device.type, enabled=False):
@@ -216,12 +239,26 @@ def _store_chunk(stored: _Stored, rows: slice, h: torch.Tensor, w: torch.Tensor,
             stored.head_nll.addmm_(d_ce.T, h)
         if d_kl is not None:
             stored.head_wkl.addmm_(d_kl.T, weighted_h)
+    if stored.rows_wce is not None:
+        _store_rows(stored, h, w, d_ce, d_kl)
     if stored.bias_wce is not None:
         stored.bias_wce.addmv_(d_ce.T, w)
         if stored.bias_nll is not stored.bias_wce:
             stored.bias_nll += d_ce.sum(0)
         if d_kl is not None:
             stored.bias_wkl.addmv_(d_kl.T, w)
+
+
+def _store_rows(stored: _Stored, h: torch.Tensor, w: torch.Tensor, d_ce: torch.Tensor,
+                d_kl: torch.Tensor | None) -> None:
+    """The k overridden rows' gradients from their k logit columns only."""
+    weighted_h = h * w.unsqueeze(1)
+    d_ce_rows = d_ce[:, stored.row_index]
+    stored.rows_wce.addmm_(d_ce_rows.T, weighted_h)
+    if stored.rows_nll is not stored.rows_wce:
+        stored.rows_nll.addmm_(d_ce_rows.T, h)
+    if d_kl is not None:
+        stored.rows_wkl.addmm_(d_kl[:, stored.row_index].T, weighted_h)
 
 
 def _logits(h: torch.Tensor, head: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

@@ -62,7 +62,13 @@ def chunked_ce_kl(hidden: torch.Tensor, targets: torch.Tensor, weights: torch.Te
     fused pass when ``head`` is a plain ``nn.Linear`` without hooks (anything else is only known through
     its forward, so it takes the checkpointed path).
     """
-    if fused and _plain_linear(head):
+    rows = trained_token_rows(head) if fused else None
+    if rows is not None:  # a tied head with trained new-token rows: the fused pass, k rows overridden
+        linear, row_index, row_weight = rows
+        ce, kl, nll = fused_ce_kl(hidden, targets, weights, linear.weight, linear.bias, ref_hidden,
+                                  chunk_size=chunk_size, compute_dtype=compute_dtype, row_index=row_index,
+                                  row_weight=row_weight)
+    elif fused and _plain_linear(head):
         ce, kl, nll = fused_ce_kl(hidden, targets, weights, head.weight, head.bias, ref_hidden,
                                   chunk_size=chunk_size, compute_dtype=compute_dtype)
     else:
@@ -76,6 +82,26 @@ def _plain_linear(head: Callable[[torch.Tensor], torch.Tensor]) -> bool:
     only do that when forward is exactly ``nn.Linear``'s (not a subclass, a peft wrapper, or hooked)."""
     hooked = isinstance(head, torch.nn.Module) and bool(head._forward_hooks or head._forward_pre_hooks)
     return type(head) is torch.nn.Linear and not hooked
+
+
+def trained_token_rows(head) -> tuple[torch.nn.Linear, torch.Tensor | None, torch.Tensor | None] | None:
+    """(plain Linear, row ids, row weights) when ``head`` is peft's ``TrainableTokensWrapper`` around a plain
+    ``nn.Linear`` — the LM head of a tied-embedding model (Gemma, small Qwens) whose added tokens are trained:
+    its forward is that Linear with the active adapters' rows replaced. Row ids/weights are None when no
+    adapter with trained rows is active (the reference pass). None for anything else.
+
+    Duck-typed on peft's attribute names so the objectives never import peft."""
+    layer = getattr(head, "token_adapter", None)
+    base = getattr(layer, "base_layer", None)
+    if layer is None or not _plain_linear(base) or getattr(layer, "merged", False):
+        return None
+    if getattr(layer, "disable_adapters", False):
+        return base, None, None
+    active = [name for name in layer.active_adapters if name in layer.token_indices]
+    if not active:
+        return base, None, None
+    index = torch.tensor([i for name in active for i in layer.token_indices[name]], device=base.weight.device)
+    return base, index, torch.cat([layer.trainable_tokens_delta[name] for name in active])
 
 
 def _checkpointed_sums(hidden: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor,

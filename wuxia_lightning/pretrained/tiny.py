@@ -1,4 +1,4 @@
-"""Tiny Qwen2/Qwen3 models built offline, so every path runs without the hub.
+"""Tiny Qwen2/Qwen3/Gemma3 models built offline, so every path runs without the hub.
 
 The tokenizer is either trained here with the `tokenizers` library — one token per character (every
 character of the sample text and printable ASCII), so a decoded token is never half a Chinese character
@@ -22,12 +22,23 @@ from pathlib import Path
 import torch
 
 from wuxia_lightning.io import cache_root, staged_directory
+from wuxia_lightning.pretrained.gguf import converted_folder, is_gguf_spec
 from wuxia_lightning.sources import decode_file, resolve_paths, to_simplified_chinese
-from wuxia_lightning.tokens import CHATML_TEMPLATE, END_OF_TEXT, IM_END, QWEN_SPECIAL_TOKENS
+from wuxia_lightning.tokens import (
+    CHATML_TEMPLATE,
+    END_OF_TEXT,
+    END_OF_TURN,
+    IM_END,
+    QWEN_SPECIAL_TOKENS,
+    START_OF_TURN,
+)
 
 log = logging.getLogger(__name__)
 
-ARCHITECTURES = ("qwen2", "qwen3")
+ARCHITECTURES = ("qwen2", "qwen3", "gemma3")
+# A Gemma base's special tokens at Gemma's ids (pad 0, eos 1, bos 2, unk 3, turns 105/106 in the real one):
+# no infill tokens and no chat template, exactly what a Gemma 3 base brings.
+GEMMA_SPECIAL_TOKENS: tuple[str, ...] = ("<pad>", "<eos>", "<bos>", "<unk>", START_OF_TURN, END_OF_TURN)
 TINY_PREFIX = "tiny-"
 DEFAULT_PRETRAIN_STEPS = 150
 SAMPLE_DATA = Path(__file__).resolve().parents[2] / "data" / "sample"
@@ -77,8 +88,16 @@ def sample_texts(folders: Sequence[Path] = DEFAULT_TRAIN_TEXT) -> list[str]:
 
 
 def tiny_config(arch: str, tokenizer, hidden_size: int = 64, layers: int = 2):
-    """A Qwen2/Qwen3 config of tiny dimensions whose vocabulary fits ``tokenizer``."""
-    from transformers import Qwen2Config, Qwen3Config
+    """A Qwen2/Qwen3/Gemma3 config of tiny dimensions whose vocabulary fits ``tokenizer``."""
+    from transformers import Gemma3TextConfig, Qwen2Config, Qwen3Config
+
+    if arch == "gemma3":  # tied embeddings, one KV head, sliding-window layers, as Gemma 3 270M
+        ids = {f"{name}_token_id": tokenizer.convert_tokens_to_ids(f"<{name}>") for name in ("bos", "eos", "pad")}
+        return Gemma3TextConfig(vocab_size=_round_up(len(tokenizer), 64), hidden_size=hidden_size,
+                                intermediate_size=hidden_size * 3, num_hidden_layers=layers, num_attention_heads=4,
+                                num_key_value_heads=1, head_dim=hidden_size // 4, max_position_embeddings=4096,
+                                sliding_window=64, query_pre_attn_scalar=hidden_size // 4,
+                                tie_word_embeddings=True, **ids)
 
     vocab_size = _round_up(len(tokenizer), 64)  # Qwen pads its embedding matrix the same way
     common = dict(
@@ -108,6 +127,8 @@ def make_tiny_model(out_dir: str | Path, arch: str = "qwen2", tokenizer_path: st
 
     if tokenizer_path is not None:
         tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_path))
+    elif arch == "gemma3":
+        tokenizer = gemma_char_tokenizer([*(texts if texts is not None else sample_texts()), string.printable])
     else:
         tokenizer = train_char_tokenizer([*(texts if texts is not None else sample_texts()), string.printable],
                                          min_count=1)
@@ -128,7 +149,7 @@ def make_tiny_model(out_dir: str | Path, arch: str = "qwen2", tokenizer_path: st
 def pretrain(model, tokenizer, texts: Sequence[str], steps: int, length: int = 128, batch_size: int = 8,
              learning_rate: float = 3e-3) -> list[float]:
     """Full-parameter causal-LM training on random windows of ``texts``; returns the loss per step."""
-    eos = tokenizer.convert_tokens_to_ids(END_OF_TEXT)
+    eos = tokenizer.convert_tokens_to_ids(END_OF_TEXT) if END_OF_TEXT in tokenizer.get_vocab() else tokenizer.eos_token_id
     ids = torch.tensor([t for text in texts for t in tokenizer(text)["input_ids"] + [eos]], dtype=torch.long)
     generator = torch.Generator().manual_seed(0)
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate)
@@ -147,10 +168,13 @@ def pretrain(model, tokenizer, texts: Sequence[str], steps: int, length: int = 1
 
 
 def resolve_model_path(spec: str, tokenizer_path: str | None = None) -> str:
-    """Turn ``tiny-qwen2`` / ``tiny-qwen3`` into a cached local folder (built on first use).
+    """Turn ``tiny-qwen2`` / ``tiny-qwen3`` / ``tiny-gemma3`` into a cached local folder (built on first use),
+    and a ``.gguf`` file into its converted folder (``pretrained.gguf``, converted on first use).
 
     Any other value is returned unchanged: a hub id or local folder for ``from_pretrained``.
     """
+    if is_gguf_spec(spec):
+        return str(converted_folder(spec))
     if not spec.startswith(TINY_PREFIX):
         return spec
     arch = spec[len(TINY_PREFIX):]
@@ -206,3 +230,26 @@ def train_char_tokenizer(texts: Iterable[str], min_count: int = 2,
     backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
     backend.decoder = decoders.Fuse()  # characters join without separators
     return _wrap(backend, special_tokens)
+
+
+def gemma_char_tokenizer(texts: Iterable[str]):
+    """One token per character with a Gemma base's special tokens: ``<bos>`` put before every text (as
+    Gemma's tokenizer does), eos ``<eos>``, turn tokens, no infill tokens and no chat template."""
+    from collections import Counter
+
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    counts: Counter[str] = Counter()
+    for text in texts:
+        counts.update(text)
+    vocab = {token: i for i, token in enumerate([*GEMMA_SPECIAL_TOKENS, *sorted(counts)])}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    backend.decoder = decoders.Fuse()
+    backend.post_processor = processors.TemplateProcessing(single="<bos> $A", pair="<bos> $A $B",
+                                                           special_tokens=[("<bos>", vocab["<bos>"])])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<bos>", eos_token="<eos>",
+                                   pad_token="<pad>", unk_token="<unk>",
+                                   additional_special_tokens=[START_OF_TURN, END_OF_TURN],
+                                   clean_up_tokenization_spaces=False)

@@ -1,5 +1,6 @@
 """The tokenizer of a base model, ready for both stages: right padding, the infill (FIM) tokens the cloze
-layout needs, the ChatML tokens and template stage 2 needs, and the context length a run may use.
+layout needs, the chat format stage 2 needs (the model's own template; Gemma's or ChatML for bases without
+one), and the context length a run may use.
 
 Loaded through here by the DataModules (to tokenize) and by the model loaders (to size the embeddings),
 so both agree on the vocabulary, including tokens added here.
@@ -8,10 +9,20 @@ so both agree on the vocabulary, including tokens added here.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 from wuxia_lightning.errors import UserInputError
 from wuxia_lightning.pretrained.tiny import resolve_model_path
-from wuxia_lightning.tokens import CHATML_TEMPLATE, FIM_TOKENS, IM_END, IM_START
+from wuxia_lightning.tokens import (
+    CHATML_TEMPLATE,
+    END_OF_TEXT,
+    END_OF_TURN,
+    FIM_TOKENS,
+    GEMMA_TEMPLATE,
+    IM_END,
+    IM_START,
+    START_OF_TURN,
+)
 
 
 class ChatTemplateError(UserInputError):
@@ -87,29 +98,81 @@ def has_chat_template(tokenizer) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 
 
-def ensure_chat_template(tokenizer) -> None:
-    """Give ``tokenizer`` the ChatML template when it has none (base models); checks the ChatML tokens."""
-    chatml_token_ids(tokenizer)
+@dataclass(frozen=True)
+class ChatFormat:
+    """How a model marks chat turns: the token that opens one, the token that closes one (labelled in stage 2
+    and stopping generation) and the template used when the tokenizer has none."""
+
+    name: str
+    turn_start: str
+    turn_end: str
+    template: str
+
+
+CHATML = ChatFormat("chatml", IM_START, IM_END, CHATML_TEMPLATE)
+GEMMA = ChatFormat("gemma", START_OF_TURN, END_OF_TURN, GEMMA_TEMPLATE)
+
+
+def chat_format(tokenizer) -> ChatFormat:
+    """The model's own turn format: the one its chat template closes turns with; without a template, Gemma's
+    when the vocabulary has Gemma's turn tokens (a Gemma base), else ChatML."""
+    template = getattr(tokenizer, "chat_template", None)
+    if isinstance(template, str) and template:
+        return GEMMA if END_OF_TURN in template and IM_END not in template else CHATML
+    return GEMMA if _is_single_token(tokenizer, START_OF_TURN) and _is_single_token(tokenizer, END_OF_TURN) \
+        else CHATML
+
+
+def ensure_chat_template(tokenizer) -> ChatFormat:
+    """Give ``tokenizer`` its family's template when it has none (base models); checks the turn tokens."""
+    format_ = chat_format(tokenizer)
+    turn_token_ids(tokenizer, format_)
     if not has_chat_template(tokenizer):
-        tokenizer.chat_template = CHATML_TEMPLATE
+        tokenizer.chat_template = format_.template
+    return format_
 
 
-def chatml_token_ids(tokenizer) -> tuple[int, int]:
-    """Ids of ``<|im_start|>`` and ``<|im_end|>``; a clear error when the tokenizer lacks them as single
-    (special) tokens."""
+def turn_token_ids(tokenizer, format_: ChatFormat | None = None) -> tuple[int, int]:
+    """Ids of the tokens that open and close a turn (``<|im_start|>``/``<|im_end|>`` in ChatML); a clear
+    error when the tokenizer lacks them as single (special) tokens."""
+    format_ = format_ or chat_format(tokenizer)
     ids = []
-    for token in (IM_START, IM_END):
+    for token in (format_.turn_start, format_.turn_end):
         token_id = tokenizer.convert_tokens_to_ids(token)
         unk = getattr(tokenizer, "unk_token_id", None)
         if token_id is None or (unk is not None and token_id == unk):
             raise ChatTemplateError(
-                f"the tokenizer has no {token} token; ChatML training needs <|im_start|> and <|im_end|> "
-                "(add them as special tokens and resize the embeddings, or use a Qwen tokenizer)")
+                f"the tokenizer has no {token} token; {format_.name} chat training needs {format_.turn_start} "
+                f"and {format_.turn_end} (add them as special tokens and resize the embeddings, or give the "
+                "tokenizer a chat template)")
         if tokenizer(token, add_special_tokens=False)["input_ids"] != [token_id]:
             raise ChatTemplateError(f"the tokenizer does not encode {token} as the single token {token_id} "
                                     "(is split_special_tokens set?)")
         ids.append(token_id)
     return ids[0], ids[1]
+
+
+def _is_single_token(tokenizer, token: str) -> bool:
+    token_id = tokenizer.convert_tokens_to_ids(token)
+    return token_id is not None and tokenizer.convert_ids_to_tokens(token_id) == token
+
+
+def document_end_id(tokenizer) -> int:
+    """The token that ends a document in stage-1 packing: Qwen's ``<|endoftext|>`` where the vocabulary has
+    it (a Qwen base's eos), else the tokenizer's eos (Gemma's ``<eos>``)."""
+    if _is_single_token(tokenizer, END_OF_TEXT):
+        return tokenizer.convert_tokens_to_ids(END_OF_TEXT)
+    if tokenizer.eos_token_id is None:
+        raise UserInputError("the tokenizer has neither <|endoftext|> nor an eos token to end documents with",
+                             field="model.tokenizer_name_or_path")
+    return tokenizer.eos_token_id
+
+
+def leading_special_ids(tokenizer) -> list[int]:
+    """The ids a tokenizer puts before any text (Gemma's ``<bos>``; nothing for Qwen). Gemma degrades
+    badly on sequences without it, so stage-1 windows and raw continuations start with them too."""
+    ids = tokenizer("", add_special_tokens=True)["input_ids"]
+    return [i for i in ids if i in set(tokenizer.all_special_ids)]
 
 
 def check_max_length(model_name_or_path: str, max_length: int, tokenizer_name_or_path: str | None = None, *,
