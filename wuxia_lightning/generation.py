@@ -137,3 +137,13 @@ def _strip_padding(tokens: list[int], pad_id: int | None, stops: list[int]) -> l
         if token in stops:
             return tokens[: i + 1]
     return [t for t in tokens if t != pad_id] if pad_id not in stops else tokens
+
+
+def replies_with_and_without_adapters(peft_model, tokenizer, conversations: Sequence[Sequence[Message]],
+                                      settings: GenerationSettings) -> tuple[list[Reply], list[Reply]]:
+    """The same prompts through the trained model and through its base with every adapter off: one loaded
+    base, no second copy (what the user had before training, beside what they have now)."""
+    trained = generate_replies(peft_model, tokenizer, conversations, settings)
+    with peft_model.disable_adapter():
+        base = generate_replies(peft_model, tokenizer, conversations, settings)
+    return trained, base

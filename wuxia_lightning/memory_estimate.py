@@ -34,6 +34,7 @@ from typing import Any
 
 from wuxia_lightning.errors import UserInputError
 from wuxia_lightning.modeling.adapters import ALL_LINEAR
+from wuxia_lightning.pretrained.gguf import is_gguf_spec
 
 GIB = 1024 ** 3
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -82,7 +83,7 @@ class ModelDims:
                    vocab_size=int(values["vocab_size"]),
                    tie_word_embeddings=bool(values.get("tie_word_embeddings", False)),
                    attention_bias=qwen2 or bool(values.get("attention_bias", False)),
-                   qk_norm=model_type.startswith("qwen3"))
+                   qk_norm=model_type.startswith(("qwen3", "gemma3")))
 
     @property
     def q_dim(self) -> int:
@@ -492,7 +493,7 @@ def known_model_configs() -> dict[str, dict[str, Any]]:
 def read_model_config(name_or_path: str) -> tuple[dict[str, Any], str]:
     """(config.json as a dict, where it was read): a local folder, a tiny model (built offline), a hub id
     already in the Hugging Face cache, or the shipped table of known models."""
-    if name_or_path.startswith("tiny-"):
+    if name_or_path.startswith("tiny-") or is_gguf_spec(name_or_path):  # built / converted on first use
         name_or_path = _resolve_tiny(name_or_path)
     local = Path(name_or_path).expanduser() / "config.json"
     if local.is_file():

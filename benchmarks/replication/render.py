@@ -81,6 +81,16 @@ def plot_function_words(results: dict, path: Path) -> None:
     plt.close(figure)
 
 
+def _budget_line(budget: dict) -> str:
+    return (f"stage 1 {budget['stage1_steps']} steps × {budget['stage1_batch']} windows × {budget['length']} tokens "
+            f"(lr {budget.get('stage1_lr', 2e-3):g}), stage 2 {budget['stage2_steps']} steps × {budget['stage2_batch']} "
+            f"dialogues ≤ {budget.get('stage2_length', budget['length'])} tokens (lr {budget.get('stage2_lr', 2e-3):g}) "
+            f"from {budget['instruct_train']:,} conversations; LoRA r 16 on every linear layer; "
+            f"{budget['eval_windows']} held-out windows per perplexity, {budget['continuations']} continuations of "
+            f"{budget['continuation_tokens']} tokens, {budget['instruct_heldout']} held-out conversations with "
+            f"replies of ≤ {budget['reply_tokens']} tokens")
+
+
 def _monotone(values: list[float], decreasing: bool) -> bool:
     pairs = list(zip(values, values[1:], strict=False))
     return all((a >= b - 1e-9) if decreasing else (a <= b + 1e-9) for a, b in pairs)
@@ -106,8 +116,7 @@ def stage1_findings(results: dict) -> list[str]:
     betas = [r["beta"] for r in rows]
     kls, generals, styles = ([r[k] for r in rows] for k in ("kl_general", "general_ppl", "style_ppl"))
     sweep_ok = _monotone(kls, True) and _monotone(generals, True) and _monotone(styles, False)
-    founding, plain = results["masking"][0], results["masking"][1]
-    return [
+    lines = [
         f"- Stage 1 at β = {chosen}: style held-out perplexity {base['style_ppl']:.2f} → {row['style_ppl']:.2f} "
         f"({-style_gain:+.0%}; target ≥ 20% lower: {_verdict(style_gain >= 0.2)}), general "
         f"{base['general_ppl']:.2f} → {row['general_ppl']:.2f} ({general_rise:+.0%}; target ≤ +10%: "
@@ -118,10 +127,14 @@ def stage1_findings(results: dict) -> list[str]:
         f"- P(style) of sampled continuations of held-out openings: base {base['p_style']:.2f}, stage 1 "
         f"{row['p_style']:.2f} (the classifier's held-out accuracy on real text: "
         f"{results['classifier']['accuracy']:.3f}).",
-        f"- Masking at β = {chosen}: style perplexity founding mix {founding['style_ppl']:.2f} vs plain causal LM "
-        f"{plain['style_ppl']:.2f}; general {founding['general_ppl']:.2f} vs {plain['general_ppl']:.2f} — "
-        f"{'the cloze layout does not earn its cost here' if founding['style_ppl'] >= plain['style_ppl'] else 'the cloze layout helps'}.",
     ]
+    if len(results["masking"]) >= 2:  # the ablation ran (the tiny base; not the real one, for its budget)
+        founding, plain = results["masking"][0], results["masking"][1]
+        lines.append(
+            f"- Masking at β = {chosen}: style perplexity founding mix {founding['style_ppl']:.2f} vs plain causal "
+            f"LM {plain['style_ppl']:.2f}; general {founding['general_ppl']:.2f} vs {plain['general_ppl']:.2f} — "
+            f"{'the cloze layout does not earn its cost here' if founding['style_ppl'] >= plain['style_ppl'] else 'the cloze layout helps'}.")
+    return lines
 
 
 def stage2_findings(results: dict) -> list[str]:
@@ -159,13 +172,54 @@ def caveats(results: dict) -> list[str]:
     return lines
 
 
+def base_description(base_model: dict) -> str:
+    if base_model.get("source"):  # a base someone else pre-trained, from a GGUF file
+        source = base_model["source"]
+        return (f"`{base_model['name']}` ({base_model['architecture']}, {base_model['layers']} layers, hidden "
+                f"{base_model['hidden']}, vocabulary {base_model['vocab']:,} with the added infill tokens), "
+                f"pre-trained by its authors; from `{source['name']}` (sha256 `{source['sha256']}`), "
+                "dequantised once to fp32 and trained in fp32. No pre-training here.")
+    return (f"Qwen2, {base_model['parameters']:,} weights, character vocabulary of {base_model['vocab']:,}; "
+            f"{base_model['steps']} steps of plain causal LM on general modern Chinese only "
+            f"({base_model['tokens_seen']:,} tokens), final loss {base_model['final_loss']:.3f}.")
+
+
+def sample_sections(results: dict) -> list[str]:
+    """Continuations per β and replies per stage-2 variant (with the bare base's replies to the same
+    prompts), as many as the budget keeps."""
+    lines = ["## Samples", "", "Continuations of held-out chapter openings (sampled, T = 0.8):", ""]
+    prompts = results["base"].get("sample_prompts") or []
+    for i, prompt in enumerate(prompts):
+        lines.append(f"{i + 1}. `{prompt}` → base: {_one_line(results['base']['samples'][i])}")
+        for row in results["stage1"]:
+            if i < len(row.get("samples", [])):
+                lines.append(f"   - β={row['beta']}: {_one_line(row['samples'][i])}")
+    if not prompts:  # an older results.json: one sample per β
+        lines += [f"- β={r['beta']}: {_one_line(s)}" for r in results["stage1"] for s in r.get("samples", [])[:1]]
+    lines += ["", "Replies to held-out instructions (greedy; wuxia system prompt):", ""]
+    rows = ([{"variant": "base (no adapters)", **results["base_replies"]}] if results.get("base_replies") else []) \
+        + results["stage2"]
+    for i, sample in enumerate(rows[0].get("samples", [])):
+        lines.append(f"{i + 1}. **{_one_line(sample['prompt'])}**")
+        for row in rows:
+            if i < len(row.get("samples", [])):
+                lines.append(f"   - `{row['variant']}`: {_one_line(row['samples'][i]['reply'])}")
+    return lines
+
+
+def _one_line(text: str, limit: int = 220) -> str:
+    flat = " ".join(text.split()).replace("|", "\\|")
+    return flat if len(flat) <= limit else flat[:limit] + "…"
+
+
 def render(results: dict, out: Path) -> None:
     plot_beta(results, out / PLOTS[0])
     plot_stage2(results, out / PLOTS[1])
     plot_function_words(results, out / PLOTS[2])
     base_model = results["base_model"]
     lines = [
-        "# Replication in miniature", "",
+        "# Replication in miniature" if not results["base_model"].get("source")
+        else f"# Replication on a real base: {results['base_model']['name']}", "",
         f"Command: `{results['command']}`  ",
         f"Wall time: {results['wall_s']:.0f} s this invocation; {results['wall_s_all_steps']:.0f} s summed over "
         f"all steps (base model {base_model['seconds']:.0f} s).  ",
@@ -176,10 +230,8 @@ def render(results: dict, out: Path) -> None:
         "Stage 2 against the targets (stop rate ≥ 0.95; P(style) of replies ≥ 80% of stage 1's continuations; "
         "ROUGE-L within 10% of the instruct adapter trained on the bare base):", "", *stage2_findings(results), "",
         "Reading these numbers:", "", *caveats(results), "",
-        "## Base model", "",
-        f"Qwen2, {base_model['parameters']:,} weights, character vocabulary of {base_model['vocab']:,}; "
-        f"{base_model['steps']} steps of plain causal LM on general modern Chinese only "
-        f"({base_model['tokens_seen']:,} tokens), final loss {base_model['final_loss']:.3f}.", "",
+        "## Base model", "", base_description(base_model), "",
+        f"Budget: {_budget_line(results['budget'])}.", "",
         "## Style classifier", "",
         f"Held-out accuracy on real text: {results['classifier']['accuracy']:.3f} "
         f"(n_train {results['classifier'].get('n_train')}, n_test {results['classifier'].get('n_test')}).", "",
@@ -187,16 +239,14 @@ def render(results: dict, out: Path) -> None:
         *_table([{"beta": "base", **results["base"]}, *results["stage1"]],
                 ["style_ppl", "general_ppl", "kl_general", "p_style", "fw_js", "distinct_2"], "beta"), "",
         f"Chosen β = {results['chosen_beta']}.", "", f"![β trade-off]({PLOTS[0]})", "",
-        "## Masking ablation at the chosen β", "",
-        *_table(results["masking"], ["style_ppl", "general_ppl", "p_style", "fw_js"], "mix"), "",
+        *(["## Masking ablation at the chosen β", "",
+           *_table(results["masking"], ["style_ppl", "general_ppl", "p_style", "fw_js"], "mix"), ""]
+          if len(results["masking"]) >= 2 else []),
         "## Stage 2 variants (same data and budget)", "",
         *_table(results["stage2"], ["stop_rate", "continues_dialogue_rate", "p_style", "fw_js", "distinct_2",
                                     "rouge_l", "style_ppl"], "variant"), "",
         f"Chosen variant: `{results['chosen_variant']}`.", "", f"![stage 2]({PLOTS[1]})", "",
         f"![function words]({PLOTS[2]})", "",
-        "## Samples", "",
-        *[f"- β={r['beta']}: {s}" for r in results["stage1"] for s in r.get("samples", [])[:1]],
-        *[f"- {r['variant']}: {s['prompt'][:40]} → {s['reply'][:120]}" for r in results["stage2"]
-          for s in r.get("samples", [])[:1]],
+        *sample_sections(results),
     ]
     (out / "README.md").write_text("\n".join(lines).replace("\n\n\n", "\n\n") + "\n", encoding="utf-8")

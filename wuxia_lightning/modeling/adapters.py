@@ -80,6 +80,35 @@ def gathered(state_dict: dict | None) -> dict:
     return {"save_embedding_layers": False, **({"state_dict": state_dict} if state_dict is not None else {})}
 
 
+@contextmanager
+def adapters_without_token_rows() -> Iterator[None]:
+    """peft 0.21 can neither save nor load an adapter that trains no token rows (stage 2's ``instruct``) in a
+    model where another adapter does (``style`` on a base that got infill tokens): every
+    ``TrainableTokensWrapper`` asks for that adapter's rows and raises KeyError. Within this block such a
+    wrapper saves, loads and merges nothing for adapters it holds no rows of — exactly what there is."""
+    from peft.tuners.trainable_tokens.layer import TrainableTokensLayer
+    from peft.utils.other import TrainableTokensWrapper
+
+    save, load_map = TrainableTokensWrapper.adapter_state_dict, TrainableTokensWrapper.adapter_state_dict_load_map
+    merge = TrainableTokensLayer.merge
+
+    def has_rows(wrapper, adapter_name: str) -> bool:
+        layer = wrapper.token_adapter
+        return layer.tied_adapter is not None or adapter_name in layer.token_indices
+
+    TrainableTokensWrapper.adapter_state_dict = lambda self, name, state: save(self, name, state) \
+        if has_rows(self, name) else {}
+    TrainableTokensWrapper.adapter_state_dict_load_map = lambda self, name: load_map(self, name) \
+        if has_rows(self, name) else {}
+    TrainableTokensLayer.merge = lambda self, safe_merge=False, adapter_names=None: merge(
+        self, safe_merge, [n for n in (adapter_names or self.active_adapters) if n in self.token_indices])
+    try:
+        yield
+    finally:
+        TrainableTokensWrapper.adapter_state_dict, TrainableTokensWrapper.adapter_state_dict_load_map = save, load_map
+        TrainableTokensLayer.merge = merge
+
+
 def save_adapter_atomically(peft_model, adapter_name: str, out_dir: str | Path, tokenizer=None,
                             manifest: dict | None = None, state_dict: dict | None = None) -> Path:
     """Write one adapter so that ``out_dir`` is a plain peft adapter folder, replacing it atomically.

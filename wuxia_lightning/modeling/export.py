@@ -23,6 +23,7 @@ import torch
 
 from wuxia_lightning.errors import UserInputError
 from wuxia_lightning.io import staged_directory, strict_json
+from wuxia_lightning.modeling.adapters import adapters_without_token_rows
 from wuxia_lightning.modeling.stacking import INSTRUCT, STYLE, generation_config, read_manifest
 
 # The LoRA ranks vLLM's --max-lora-rank accepts; an adapter of any other rank must be padded up.
@@ -293,7 +294,8 @@ def export_merged(folder: Path, out: Path, manifest: dict, info: dict, scales: d
                             quantization="none", style_scale=scales[STYLE], instruct_scale=scales[INSTRUCT])
     adapters = list(manifest["adapters"])
     # Name the adapters explicitly: merging only the "current" one would silently drop the style adapter.
-    merged = model.merge_and_unload(safe_merge=True, adapter_names=adapters)
+    with adapters_without_token_rows():
+        merged = model.merge_and_unload(safe_merge=True, adapter_names=adapters)
     merged.config.use_cache = True  # load_base_model turns it off for training; servers read config.json
     info.update(adapters=[{"name": name, "scale": scales.get(name, 1.0)} for name in adapters])
     tokenizer = export_tokenizer(folder)

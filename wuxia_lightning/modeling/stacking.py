@@ -15,7 +15,7 @@ import torch
 
 from wuxia_lightning.errors import UserInputError
 from wuxia_lightning.io import staged_directory, strict_json
-from wuxia_lightning.modeling.adapters import activate, gathered
+from wuxia_lightning.modeling.adapters import activate, adapters_without_token_rows, gathered
 from wuxia_lightning.modeling.loading import Precision, Quantization, load_base_model
 from wuxia_lightning.pretrained.gguf import gguf_provenance
 from wuxia_lightning.pretrained.tokenizer import load_saved_tokenizer
@@ -117,7 +117,8 @@ def save_stacked(peft_model, out_dir: str | Path, tokenizer, manifest: dict, sta
     ``state_dict``: the adapter tensors when the model's own are shards (FSDP2: ``full_adapter_state``)."""
     out_dir = Path(out_dir)
     with staged_directory(out_dir, replace=True) as staging:
-        peft_model.save_pretrained(str(staging), selected_adapters=manifest["adapters"], **gathered(state_dict))
+        with adapters_without_token_rows():
+            peft_model.save_pretrained(str(staging), selected_adapters=manifest["adapters"], **gathered(state_dict))
         tokenizer.save_pretrained(str(staging))
         generation_config(tokenizer).save_pretrained(str(staging))
         (staging / MANIFEST).write_text(strict_json(manifest, indent=2, default=str),
@@ -177,8 +178,9 @@ def load_stacked(folder: str | Path, *, model_name_or_path: str | None = None, d
         model = attach_style(base, folder)
     else:
         model = attach_style(base, folder / adapters[0])
-        for name in adapters[1:]:
-            model.load_adapter(str(folder / name), adapter_name=name)
+        with adapters_without_token_rows():
+            for name in adapters[1:]:
+                model.load_adapter(str(folder / name), adapter_name=name)
         activate(model, adapters)
     set_adapter_scales(model, {STYLE: style_scale, INSTRUCT: instruct_scale})
     model.requires_grad_(False)
