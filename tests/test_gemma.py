@@ -148,6 +148,13 @@ def test_both_stages_predict_and_export_on_tiny_gemma(tmp_path):
             "--model.max_new_tokens=8")
     predictions = [json.loads(line) for line in (stacked / "predictions.jsonl").read_text(encoding="utf-8").splitlines()]
     assert len(predictions) == 12 and all(isinstance(p["generation"], str) for p in predictions)
+    table = tmp_path / "base_vs_stacked.md"
+    compare = ["--model", str(stacked), "--prompts", "scripts/example_prompts.txt", "--out", str(table),
+               "--max-new-tokens", "6"]
+    assert load_script("compare_replies").main(compare) == 0
+    rows = [line for line in table.read_text(encoding="utf-8").splitlines() if line.startswith("| ") and "---" not in line]
+    assert len(rows) == 1 + 12 and "base (adapters off)" in rows[0]
+    assert load_script("compare_replies").main(compare) == 2  # never overwrites without --overwrite
     assert load_script("export").main(["--model", str(stacked), "--format", "merged", "--out",
                                        str(tmp_path / "merged"), "--dtype", "float32"]) == 0
     from transformers import AutoModelForCausalLM

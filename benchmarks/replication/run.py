@@ -73,8 +73,8 @@ SMOKE = Budget(hidden=64, layers=2, base_steps=4, base_batch=4, length=256, stag
 # The real base (Gemma 3 270M, 268 M weights, 262k vocabulary) on 2 CPU cores: one stage-1 step of 4 × 128
 # tokens takes ~6 s, a stage-2 step of 4 dialogues × 256 ~12 s, so the budgets fit one working session
 # (about 90 minutes for the whole pipeline). No pre-training: the base is Google's.
-GEMMA = Budget(length=128, stage1_steps=50, stage1_batch=4, stage2_steps=80, stage2_batch=4, eval_windows=32,
-               continuations=16, continuation_tokens=64, instruct_train=2000, instruct_heldout=24,
+GEMMA = Budget(length=128, stage1_steps=50, stage1_batch=4, stage2_steps=60, stage2_batch=4, eval_windows=32,
+               continuations=16, continuation_tokens=64, instruct_train=2000, instruct_heldout=16,
                reply_tokens=128, stage1_lr=1e-3, stage2_lr=1e-3, stage2_length=256, samples=10)
 GEMMA_SMOKE = Budget(length=64, stage1_steps=2, stage1_batch=2, stage2_steps=2, stage2_batch=2, eval_windows=2,
                      continuations=2, continuation_tokens=8, instruct_train=20, instruct_heldout=2,
