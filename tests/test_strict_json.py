@@ -41,7 +41,7 @@ def test_strict_json_writes_null_keeps_options_and_unicode():
 class FakePeftModel:
     """Stands in for a peft model: ``save_pretrained`` writes the adapter files peft would."""
 
-    def save_pretrained(self, folder, selected_adapters=()) -> None:
+    def save_pretrained(self, folder, selected_adapters=(), save_embedding_layers="auto") -> None:
         (Path(folder) / "adapter_config.json").write_text("{}", encoding="utf-8")
 
 

@@ -72,10 +72,10 @@ SMOKE = Budget(hidden=64, layers=2, base_steps=4, base_batch=4, length=256, stag
 
 # The real base (Gemma 3 270M, 268 M weights, 262k vocabulary) on 2 CPU cores: one stage-1 step of 4 × 128
 # tokens takes ~6 s, a stage-2 step of 4 dialogues × 256 ~12 s, so the budgets fit one working session
-# (about 90 minutes for the whole pipeline). No pre-training: the base is Google's.
-GEMMA = Budget(length=128, stage1_steps=50, stage1_batch=4, stage2_steps=60, stage2_batch=4, eval_windows=32,
+# (about 90 minutes for the whole pipeline on an idle machine). No pre-training: the base is Google's.
+GEMMA = Budget(length=128, stage1_steps=50, stage1_batch=4, stage2_steps=40, stage2_batch=4, eval_windows=32,
                continuations=16, continuation_tokens=64, instruct_train=2000, instruct_heldout=16,
-               reply_tokens=128, stage1_lr=1e-3, stage2_lr=1e-3, stage2_length=256, samples=10)
+               reply_tokens=96, stage1_lr=1e-3, stage2_lr=2e-3, stage2_length=256, samples=10)
 GEMMA_SMOKE = Budget(length=64, stage1_steps=2, stage1_batch=2, stage2_steps=2, stage2_batch=2, eval_windows=2,
                      continuations=2, continuation_tokens=8, instruct_train=20, instruct_heldout=2,
                      reply_tokens=8, classifier_chars=20_000, stage1_lr=1e-3, stage2_lr=1e-3,
@@ -492,9 +492,12 @@ def main(argv: list[str] | None = None) -> dict:
     results["stage1"] = [{"beta": beta, **steps.run(f"stage1_beta{beta}", lambda b=beta: evaluate_adapter(
         evaluator, train_style(splits, out, budget, f"style_beta{b}", b, founding)))} for beta in profile.betas]
     chosen = results["chosen_beta"] = choose_beta(results["base"], results["stage1"])
-    results["masking"] = [{"mix": mix, **steps.run(f"masking_{i}_beta{chosen}", lambda m=m, i=i: evaluate_adapter(
-        evaluator, train_style(splits, out, budget, f"style_mask{i}_beta{chosen}" if i else f"style_beta{chosen}",
-                               chosen, m)))} for i, (mix, m) in enumerate(MASKING_MIXES.items()) if mix in profile.masking]
+    chosen_row = next(r for r in results["stage1"] if r["beta"] == chosen)
+    # The founding mix at the chosen β is the β sweep's own run: its row, not a second evaluation of it.
+    results["masking"] = [{"mix": mix, **(chosen_row if i == 0 else steps.run(
+        f"masking_{i}_beta{chosen}", lambda m=m, i=i: evaluate_adapter(
+            evaluator, train_style(splits, out, budget, f"style_mask{i}_beta{chosen}", chosen, m))))}
+        for i, (mix, m) in enumerate(MASKING_MIXES.items()) if mix in profile.masking]
     style_dir = str(out / "models" / f"style_beta{chosen}")
     zero_dir = zero_style_adapter(out, budget, splits)
     results["stage2"] = [{"variant": name, **steps.run(f"stage2_{variant_key(name, style_dir)}", lambda n=name, s=spec: evaluate_instruct(

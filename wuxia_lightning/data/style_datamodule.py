@@ -183,10 +183,12 @@ class StyleDataModule(L.LightningDataModule):
         """Cleaned texts of one split's documents (for style metrics: the corpus the style comes from)."""
         from wuxia_lightning.data.corpus import read_corpus
 
-        wanted = {(d.source, d.index) for d in self.split_documents[split]}
+        # By resolved path: the token cache keeps the path a file was first read under (absolute in one run,
+        # relative in the next), which must still match the same file read here.
+        wanted = {(str(Path(d.source).resolve()), d.index) for d in self.split_documents[split]}
         documents, _ = read_corpus(self.hparams.corpus, to_simplified=self.settings.to_simplified,
                                    drop_modern=self.settings.drop_modern, modern_words=self.settings.modern_words)
-        return [d.text for d in documents if (d.source, d.index) in wanted]
+        return [d.text for d in documents if (str(Path(d.source).resolve()), d.index) in wanted]
 
     def general_texts(self) -> list[str]:
         """Cleaned texts of the general corpus (empty without one): what the style is contrasted with."""
