@@ -163,6 +163,13 @@ def caveats(results: dict) -> list[str]:
             "loops). At this scale the base cannot follow instructions, so stop rate, ROUGE-L and P(style) of "
             "replies compare loops, not answers; the style held-out perplexity of each variant (does the stacked "
             "model still write the novels?) remains a sound comparison.")
+    best_stop = max(r["stop_rate"] for r in results["stage2"])
+    if best_stop < 0.5:
+        lines.append(
+            f"- No stage-2 variant learnt to stop within this budget (best stop rate {best_stop:.2f}): replies run to "
+            "the token limit, often ending in a repeated phrase, so P(style), ROUGE-L and distinct-2 compare "
+            "replies cut at the same length; the stage-2 budget, not the variants, is the limit here. The style "
+            "held-out perplexity of each variant remains a sound comparison.")
     stage1 = next(r for r in results["stage1"] if r["beta"] == results["chosen_beta"])
     rows = {r["variant"]: r for r in results["stage2"]}
     kept = sorted(rows.values(), key=lambda r: r["style_ppl"])
