@@ -18,7 +18,7 @@ from wuxia_lightning.io import staged_directory, strict_json
 from wuxia_lightning.modeling.adapters import activate, adapters_without_token_rows, gathered
 from wuxia_lightning.modeling.loading import Precision, Quantization, load_base_model
 from wuxia_lightning.pretrained.gguf import gguf_provenance
-from wuxia_lightning.pretrained.tokenizer import load_saved_tokenizer
+from wuxia_lightning.pretrained.tokenizer import is_single_token, load_saved_tokenizer
 from wuxia_lightning.tokens import STOP_TOKENS
 
 STYLE, INSTRUCT = "style", "instruct"
@@ -142,14 +142,10 @@ def stop_token_ids(tokenizer) -> list[int]:
     """<|im_end|> / <end_of_turn> (end of a chat turn), <|endoftext|> (a Qwen2.5 base config's eos) and the
     tokenizer's eos.
 
-    A token counts only if it round-trips: an unknown token maps to the unk id, and some tokenizers name
-    <|endoftext|> as their unk token, so comparing with the unk id would drop a real stop token.
+    A token counts only if it is in the vocabulary as itself (``is_single_token``).
     """
     ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-    for token in STOP_TOKENS:
-        token_id = tokenizer.convert_tokens_to_ids(token)
-        if token_id is not None and tokenizer.convert_ids_to_tokens(token_id) == token:
-            ids.add(token_id)
+    ids.update(tokenizer.convert_tokens_to_ids(token) for token in STOP_TOKENS if is_single_token(tokenizer, token))
     return sorted(ids)
 
 

@@ -119,7 +119,7 @@ def chat_format(tokenizer) -> ChatFormat:
     template = getattr(tokenizer, "chat_template", None)
     if isinstance(template, str) and template:
         return GEMMA if END_OF_TURN in template and IM_END not in template else CHATML
-    return GEMMA if _is_single_token(tokenizer, START_OF_TURN) and _is_single_token(tokenizer, END_OF_TURN) \
+    return GEMMA if is_single_token(tokenizer, START_OF_TURN) and is_single_token(tokenizer, END_OF_TURN) \
         else CHATML
 
 
@@ -152,7 +152,9 @@ def turn_token_ids(tokenizer, format_: ChatFormat | None = None) -> tuple[int, i
     return ids[0], ids[1]
 
 
-def _is_single_token(tokenizer, token: str) -> bool:
+def is_single_token(tokenizer, token: str) -> bool:
+    """``token`` is in the vocabulary as itself: it round-trips through its id. (Comparing with the unk id is
+    not enough: some tokenizers name <|endoftext|> as their unk token.)"""
     token_id = tokenizer.convert_tokens_to_ids(token)
     return token_id is not None and tokenizer.convert_ids_to_tokens(token_id) == token
 
@@ -160,7 +162,7 @@ def _is_single_token(tokenizer, token: str) -> bool:
 def document_end_id(tokenizer) -> int:
     """The token that ends a document in stage-1 packing: Qwen's ``<|endoftext|>`` where the vocabulary has
     it (a Qwen base's eos), else the tokenizer's eos (Gemma's ``<eos>``)."""
-    if _is_single_token(tokenizer, END_OF_TEXT):
+    if is_single_token(tokenizer, END_OF_TEXT):
         return tokenizer.convert_tokens_to_ids(END_OF_TEXT)
     if tokenizer.eos_token_id is None:
         raise UserInputError("the tokenizer has neither <|endoftext|> nor an eos token to end documents with",
@@ -171,8 +173,8 @@ def document_end_id(tokenizer) -> int:
 def leading_special_ids(tokenizer) -> list[int]:
     """The ids a tokenizer puts before any text (Gemma's ``<bos>``; nothing for Qwen). Gemma degrades
     badly on sequences without it, so stage-1 windows and raw continuations start with them too."""
-    ids = tokenizer("", add_special_tokens=True)["input_ids"]
-    return [i for i in ids if i in set(tokenizer.all_special_ids)]
+    special = set(tokenizer.all_special_ids)
+    return [i for i in tokenizer("", add_special_tokens=True)["input_ids"] if i in special]
 
 
 def check_max_length(model_name_or_path: str, max_length: int, tokenizer_name_or_path: str | None = None, *,
