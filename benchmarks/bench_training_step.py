@@ -108,9 +108,10 @@ def save_model_folder(model: str, folder: Path) -> None:
     tokenizer.save_pretrained(folder)
 
 
-def make_batch(batch: int, length: int, device: str, seed: int = 0) -> dict[str, torch.Tensor]:
+def make_batch(batch: int, length: int, device: str, seed: int = 0, vocab: int = QWEN_VOCAB
+               ) -> dict[str, torch.Tensor]:
     """What the stage-1 collator hands the module (objectives/causal_lm.py): plain causal-LM windows."""
-    ids = torch.randint(0, QWEN_VOCAB, (batch, length), generator=torch.Generator().manual_seed(seed))
+    ids = torch.randint(0, vocab, (batch, length), generator=torch.Generator().manual_seed(seed))
     return {"input_ids": ids.to(device), "labels": ids.clone().to(device),
             "attention_mask": torch.ones_like(ids).to(device),
             "loss_weights": torch.ones(batch, length).to(device)}
@@ -177,8 +178,8 @@ def build_naive_optimizer(module) -> torch.optim.Optimizer:
 class Windows(torch.utils.data.Dataset):
     """Random token windows as a plain torch Dataset (no ``datasets``): what Trainer's default collator stacks."""
 
-    def __init__(self, count: int, length: int) -> None:
-        self.ids = torch.randint(0, QWEN_VOCAB, (count, length), generator=torch.Generator().manual_seed(1))
+    def __init__(self, count: int, length: int, vocab: int = QWEN_VOCAB) -> None:
+        self.ids = torch.randint(0, vocab, (count, length), generator=torch.Generator().manual_seed(1))
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -228,7 +229,8 @@ def hf_training_args(args: argparse.Namespace, output_dir: str, steps: int, conf
         learning_rate=LEARNING_RATE, lr_scheduler_type="constant", optim="adamw_torch", weight_decay=0.0,
         max_grad_norm=0.0, logging_strategy="no", save_strategy="no", eval_strategy="no", report_to="none",
         dataloader_num_workers=0, dataloader_pin_memory=False, disable_tqdm=True, remove_unused_columns=False,
-        label_names=["labels"], use_cpu=args.device == "cpu", bf16=False, fp16=False, gradient_checkpointing=False,
+        label_names=["labels"], use_cpu=args.device == "cpu", bf16=getattr(args, "hf_bf16", False), fp16=False,
+        gradient_checkpointing=False,
         seed=0, **extra)
 
 
@@ -242,7 +244,7 @@ def run_trainer(args: argparse.Namespace, steps: int,
     callback.on_first_step = on_first_step
     with tempfile.TemporaryDirectory() as output_dir:
         trainer = Trainer(model=hf_peft_model(args), args=hf_training_args(args, output_dir, steps),
-                          train_dataset=Windows(steps * args.tp_batch, args.tp_length),
+                          train_dataset=Windows(steps * args.tp_batch, args.tp_length, args.vocab),
                           data_collator=default_data_collator, callbacks=[callback])
         trainer.remove_callback(PrinterCallback)  # the end-of-training metrics dict, printed to stdout
         trainer.train()
@@ -268,7 +270,7 @@ def run_sft_trainer(args: argparse.Namespace, steps: int,
 
     callback = step_end_times(args.device)
     callback.on_first_step = on_first_step
-    windows = Windows(steps * args.tp_batch, args.tp_length).ids.tolist()
+    windows = Windows(steps * args.tp_batch, args.tp_length, args.vocab).ids.tolist()
     with tempfile.TemporaryDirectory() as output_dir:
         config = hf_training_args(args, output_dir, steps, SFTConfig, max_length=args.tp_length, packing=False)
         trainer = SFTTrainer(model=hf_peft_model(args), args=config,
@@ -280,7 +282,7 @@ def run_sft_trainer(args: argparse.Namespace, steps: int,
 
 # ---- timing --------------------------------------------------------------------------------------
 def time_beta_section(args: argparse.Namespace, module, ours_opt, ours_sched, naive_opt) -> dict[str, float]:
-    batch = make_batch(args.batch, args.length, args.device)
+    batch = make_batch(args.batch, args.length, args.device, vocab=args.vocab)
     steps = {f"ours β={beta:g}": (lambda b=beta: ours_step(module, ours_opt, ours_sched, batch, b))
              for beta in (KL_BETA, 0.0)}
     steps |= {f"naive β={beta:g}": (lambda b=beta: naive_step(module.peft_model, naive_opt, batch, b))
@@ -297,7 +299,7 @@ def time_beta_section(args: argparse.Namespace, module, ours_opt, ours_sched, na
 
 def check_losses_agree(args: argparse.Namespace, module) -> tuple[float, float]:
     """Ours and naive compute the same objective: β = 0.1 loss at the same weights, dropout off."""
-    batch = make_batch(args.batch, args.length, args.device)
+    batch = make_batch(args.batch, args.length, args.device, vocab=args.vocab)
     module.eval()
     module.hparams.kl_beta = KL_BETA
     with torch.no_grad():
@@ -307,7 +309,7 @@ def check_losses_agree(args: argparse.Namespace, module) -> tuple[float, float]:
 
 
 def time_tokens_section(args: argparse.Namespace, module, ours_opt, ours_sched) -> dict[str, float | str]:
-    batch = make_batch(args.tp_batch, args.tp_length, args.device, seed=1)
+    batch = make_batch(args.tp_batch, args.tp_length, args.device, seed=1, vocab=args.vocab)
 
     def ours_times() -> list[float]:
         for _ in range(args.warmup):
@@ -368,7 +370,7 @@ def memory_child(args: argparse.Namespace) -> None:
         module, ours_opt, ours_sched = build_ours(args)
         tokens_section = name.endswith("(tokens)")
         batch = make_batch(*((args.tp_batch, args.tp_length) if tokens_section else (args.batch, args.length)),
-                           args.device)
+                           args.device, vocab=args.vocab)
         beta = KL_BETA if f"β={KL_BETA:g}" in name else 0.0
         naive_opt = build_naive_optimizer(module) if name.startswith("naive") else None
 
@@ -463,10 +465,13 @@ def _verdict(met: bool, judged: bool) -> str:
 
 
 def _describe_model(args: argparse.Namespace) -> str:
-    shape = SHAPES[args.model]
-    return (f"hidden {shape['hidden_size']}, {shape['num_hidden_layers']} layers, {shape['num_attention_heads']}/"
-            f"{shape['num_key_value_heads']} heads, intermediate {shape['intermediate_size']}, V = {QWEN_VOCAB:,}, "
-            f"tied, random weights")
+    config = json.loads((args.model_dir / "config.json").read_text())
+    config = config.get("text_config", config)
+    origin = "random weights" if args.model in SHAPES else f"pretrained, {args.model_dir}"
+    return (f"{config.get('model_type')}, hidden {config['hidden_size']}, {config['num_hidden_layers']} layers, "
+            f"{config['num_attention_heads']}/{config.get('num_key_value_heads')} heads, intermediate "
+            f"{config['intermediate_size']}, V = {args.vocab:,}, "
+            f"{'tied' if config.get('tie_word_embeddings', True) else 'untied'}, {origin}")
 
 
 def _processor() -> str:
@@ -483,29 +488,60 @@ def _processor() -> str:
 def main() -> None:
     args = parse_args()
     if args.only:
+        args.vocab = _vocab_size(args.model_dir)
         memory_child(args)
         return
     with tempfile.TemporaryDirectory() as folder:
-        args.model_dir = Path(folder)
-        save_model_folder(args.model, args.model_dir)
-        module, ours_opt, ours_sched = build_ours(args)
-        head = module.causal_lm().get_output_embeddings()
-        loss_path = "fused (plain nn.Linear head)" if type(head) is torch.nn.Linear else "checkpointed"
-        times: dict[str, float | str] = {}
-        losses = None
-        if "beta" in args.sections:
-            times |= time_beta_section(args, module, ours_opt, ours_sched, build_naive_optimizer(module))
-            losses = check_losses_agree(args, module)
-        if "tokens" in args.sections:
-            times |= time_tokens_section(args, module, ours_opt, ours_sched)
-        del module, ours_opt, ours_sched
-        memory = {name: peak_memory(name, args) for name, value in times.items() if not isinstance(value, str)}
+        args.model_dir = _model_folder(args.model, Path(folder))
+        args.vocab = _vocab_size(args.model_dir)
+        for batch, length in args.shapes or [(None, None)]:
+            if batch is not None:  # --shapes: both sections at this B × T
+                args.batch = args.tp_batch = batch
+                args.length = args.tp_length = length
+            run_shape(args)
+
+
+def run_shape(args: argparse.Namespace) -> None:
+    """Both sections at the current shapes, in this process; then the memory children; then the table."""
+    module, ours_opt, ours_sched = build_ours(args)
+    head = module.causal_lm().get_output_embeddings()
+    loss_path = "fused (plain nn.Linear head)" if type(head) is torch.nn.Linear else "checkpointed"
+    times: dict[str, float | str] = {}
+    losses = None
+    if "beta" in args.sections:
+        times |= time_beta_section(args, module, ours_opt, ours_sched, build_naive_optimizer(module))
+        losses = check_losses_agree(args, module)
+    if "tokens" in args.sections:
+        times |= time_tokens_section(args, module, ours_opt, ours_sched)
+    del module, ours_opt, ours_sched
+    memory = {} if args.no_memory else {name: peak_memory(name, args) for name, value in times.items()
+                                        if not isinstance(value, str)}
     print_report(args, times, memory, losses, loss_path)
+
+
+def _model_folder(model: str, scratch: Path) -> Path:
+    """A shape name → a random model saved under ``scratch``; anything else → the folder ``--model.
+    model_name_or_path`` would load (a GGUF file or ``gemma3-270m`` through the conversion cache)."""
+    if model in SHAPES:
+        save_model_folder(model, scratch)
+        return scratch
+    from wuxia_lightning.pretrained.tiny import resolve_model_path
+
+    return Path(resolve_model_path(model))
+
+
+def _vocab_size(folder: Path) -> int:
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(str(folder))
+    return getattr(config, "vocab_size", None) or config.get_text_config().vocab_size
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", choices=tuple(SHAPES), default="tiny")
+    parser.add_argument("--model", default="tiny",
+                        help=f"{' | '.join(SHAPES)} (random weights), or a real base: a model folder, a .gguf "
+                             "file, gemma3-270m (the packaged GGUF)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto",
                         help="auto: bfloat16 on a GPU that supports it, float32 otherwise")
@@ -517,6 +553,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--tp-repeats", type=int, default=5, help="section tokens: steps per run")
     parser.add_argument("--sections", nargs="+", choices=("beta", "tokens"), default=["beta", "tokens"])
+    parser.add_argument("--shapes", nargs="+", type=_batch_shape, default=None, metavar="BxT",
+                        help="run both sections at each of these shapes in turn (e.g. 4x128 4x256), one table each")
+    parser.add_argument("--no-memory", action="store_true",
+                        help="times only (e.g. under MALLOC_MMAP_MAX_=0, where freed memory stays with the process)")
     parser.add_argument("--only", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -525,11 +565,18 @@ def parse_args() -> argparse.Namespace:
     if args.dtype == "auto":
         use_bf16 = args.device == "cuda" and torch.cuda.is_bf16_supported()
         args.dtype = "bfloat16" if use_bf16 else "float32"
-    reduced = args.model != "tiny" and args.device == "cpu"  # a 0.5B-shaped step at 2,048 tokens: minutes
+    reduced = args.model == "qwen2.5-0.5b-shaped" and args.device == "cpu"  # 0.5B at 2,048 tokens: minutes
     args.batch = args.batch or (1 if reduced else 8)
     args.length = args.length or 256
     args.tp_batch = args.tp_batch or (1 if reduced else ISSUE_TP_SHAPE[0])
     return args
+
+
+def _batch_shape(text: str) -> tuple[int, int]:
+    batch, _, length = text.lower().partition("x")
+    if not (batch.isdigit() and length.isdigit()):
+        raise argparse.ArgumentTypeError(f"expected BxT such as 4x128, got {text!r}")
+    return int(batch), int(length)
 
 
 def _forwarded(args: argparse.Namespace) -> list[str]:

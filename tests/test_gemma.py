@@ -123,6 +123,47 @@ def test_fused_loss_on_a_tied_head_with_trained_token_rows_matches_the_checkpoin
         torch.testing.assert_close(grads_f[name], grads_c[name], rtol=1e-4, atol=1e-5)
 
 
+def test_copy_free_token_rows_give_pefts_outputs_and_gradients():
+    """The copy-free forward of trained token rows (embedding and tied head) against peft's own, which
+    builds the V×d matrix with the rows replaced: the same logits, loss and gradients, adapters on and
+    off, and the new tokens both read (inputs) and predicted (targets)."""
+    from peft import get_peft_model
+
+    from wuxia_lightning.modeling.adapters import lora_config
+    from wuxia_lightning.modeling.loading import load_base_model
+    from wuxia_lightning.modeling.token_rows import copy_free_token_rows
+    from wuxia_lightning.pretrained.tokenizer import added_infill_token_ids
+
+    new = added_infill_token_ids(TINY_GEMMA)
+    ids = torch.randint(4, 1500, (2, 24), generator=torch.Generator().manual_seed(1))
+    ids[:, 5], ids[:, 12], ids[1, 20] = new[0], new[3], new[0]
+    results = {}
+    for copy_free in (False, True):  # the same seeds: the same weights through both forwards
+        torch.manual_seed(0)
+        model = get_peft_model(load_base_model(TINY_GEMMA), lora_config(8, 16, 0.0, trainable_token_ids=new),
+                               adapter_name="style")
+        with torch.no_grad():  # trained rows away from the base rows, or the override would change nothing
+            for name, param in model.named_parameters():
+                if "trainable_tokens_delta" in name:
+                    param.add_(0.5 * torch.randn_like(param))
+        if copy_free:
+            assert copy_free_token_rows(model) == 2  # the embedding and the tied head
+        out = model(input_ids=ids, labels=ids)
+        out.loss.backward()
+        with torch.no_grad(), model.disable_adapter():
+            off = model(input_ids=ids).logits
+        results[copy_free] = (out.logits.detach(), off, {n: p.grad.clone() for n, p in model.named_parameters()
+                                                         if p.grad is not None})
+    (peft_on, peft_off, peft_grads), (ours_on, ours_off, our_grads) = results[False], results[True]
+    torch.testing.assert_close(ours_on, peft_on, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ours_off, peft_off)
+    assert not torch.allclose(peft_on[:, :, new[0]], peft_off[:, :, new[0]])  # the rows do matter
+    rows = [n for n in peft_grads if "trainable_tokens_delta" in n]
+    assert rows and set(our_grads) == set(peft_grads)
+    for name in peft_grads:
+        torch.testing.assert_close(our_grads[name], peft_grads[name], rtol=1e-4, atol=1e-6)
+
+
 def test_both_stages_predict_and_export_on_tiny_gemma(tmp_path):
     """Stage 1 → stage 2 → predict → merged export through the CLI: the stacked folder carries Gemma's
     template, stops on <end_of_turn>, and the adapters do not hold a copy of the embedding."""

@@ -17,6 +17,7 @@ from wuxia_lightning.errors import UserInputError
 from wuxia_lightning.io import staged_directory, strict_json
 from wuxia_lightning.modeling.adapters import activate, adapters_without_token_rows, gathered
 from wuxia_lightning.modeling.loading import Precision, Quantization, load_base_model
+from wuxia_lightning.modeling.token_rows import copy_free_token_rows
 from wuxia_lightning.pretrained.gguf import gguf_provenance
 from wuxia_lightning.pretrained.tokenizer import is_single_token, load_saved_tokenizer
 from wuxia_lightning.tokens import STOP_TOKENS
@@ -66,7 +67,9 @@ def attach_style(base: torch.nn.Module, style_dir: str | Path, trainable: bool =
         raise UserInputError("not a peft adapter folder (no adapter_config.json); pass a stage-1 "
                              "--model.output_dir as --model.style_adapter", path=str(style_dir))
     check_same_base(base, style_dir)
-    return PeftModel.from_pretrained(base, str(style_dir), adapter_name=STYLE, is_trainable=trainable)
+    model = PeftModel.from_pretrained(base, str(style_dir), adapter_name=STYLE, is_trainable=trainable)
+    copy_free_token_rows(model)  # adapters loaded later share these layers, and so this forward
+    return model
 
 
 def check_same_base(base: torch.nn.Module, adapter_dir: Path) -> None:

@@ -21,6 +21,7 @@ from wuxia_lightning.modeling.adapters import (
     save_adapter_atomically,
 )
 from wuxia_lightning.modeling.loading import Precision, Quantization, load_base_model
+from wuxia_lightning.modeling.token_rows import copy_free_token_rows
 from wuxia_lightning.modules.common import AdapterModule
 from wuxia_lightning.objectives.causal_lm import StyleAlignmentLoss, style_alignment_loss
 from wuxia_lightning.pretrained.gguf import gguf_provenance
@@ -92,6 +93,7 @@ class StyleAlignmentModule(AdapterModule):
                                             trust_remote_code=hp.trust_remote_code)
         config = lora_config(hp.lora_r, hp.lora_alpha, hp.lora_dropout, hp.lora_target_modules, new_tokens)
         self.peft_model = get_peft_model(base, config, adapter_name=ADAPTER)
+        copy_free_token_rows(self.peft_model)  # new-token rows without a V×d copy per forward
         self.shard_if_fsdp2()
 
     # ---- loss -----------------------------------------------------------------------------------

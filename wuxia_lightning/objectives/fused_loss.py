@@ -53,7 +53,7 @@ def fused_ce_kl(hidden: torch.Tensor, targets: torch.Tensor, weights: torch.Tens
 
     ``row_index`` (k) / ``row_weight`` (k×d): the head's rows ``row_index`` are ``row_weight`` instead (new
     tokens trained on a tied, frozen head: peft ``trainable_token_indices``); their gradient is k×d, built
-    from the k logit columns, so training a few rows never costs a V×d gradient.
+    from the k logit columns, so training a few rows never costs a V×d gradient, nor a V×d copy of the head.
     """
     args = (hidden, targets, weights, head_weight, head_bias, ref_hidden, chunk_size, compute_dtype, row_index,
             row_weight)
@@ -142,47 +142,88 @@ def _run(hidden: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor, hea
          wanted: _Wanted) -> tuple[Sums, _Stored]:
     """The chunk loop: sums, plus the gradient pieces ``wanted`` asks for."""
     head = head_weight.to(compute_dtype)  # one upcast per call, not per chunk (no copy if already fp32)
-    if row_index is not None:  # a copy with the overridden rows (V×d, alive during forward only)
-        head = head.detach().index_copy(0, row_index, row_weight.detach().to(compute_dtype))
     bias = head_bias.to(compute_dtype) if head_bias is not None else None
+    rows = _overridden_rows(head, bias, row_index, row_weight, compute_dtype)
     w = weights.to(compute_dtype)
     stored = _allocate(hidden, head, bias, w, ref_hidden is not None, wanted)
+    full_head = _Head(head, bias, rows)
     if wanted.rows:
         stored.row_index = row_index
-        stored.rows_wce, stored.rows_nll, stored.rows_wkl = _head_accumulators(head[row_index], w,
+        stored.rows_wce, stored.rows_nll, stored.rows_wkl = _head_accumulators(rows.weight, w,
                                                                                ref_hidden is not None)
     totals = [hidden.new_zeros((), dtype=compute_dtype) for _ in range(3)]  # Σ w·CE, Σ w·KL, Σ CE
     # Autocast (bf16-mixed training) would turn the matmuls below back into half precision: opt out.
-    with torch.no_grad(), torch.autocast(hidden.device.type, enabled=False):
+    # The named range lets a profile tell the LM head's time from the body's (free when not profiling).
+    with torch.no_grad(), torch.autocast(hidden.device.type, enabled=False), \
+            torch.profiler.record_function("fused_ce_kl"):
         for start in range(0, hidden.shape[0], chunk_size):
-            rows = slice(start, start + chunk_size)
-            ref_chunk = ref_hidden[rows].to(compute_dtype) if ref_hidden is not None else None
-            nll, kl = _chunk_and_store(stored, rows, hidden[rows].to(compute_dtype), targets[rows], ref_chunk,
-                                       w[rows], head, bias, wanted.any_logit_grads())
-            totals[0] += w[rows] @ nll
+            span = slice(start, start + chunk_size)
+            ref_chunk = ref_hidden[span].to(compute_dtype) if ref_hidden is not None else None
+            nll, kl = _chunk_and_store(stored, span, hidden[span].to(compute_dtype), targets[span], ref_chunk,
+                                       w[span], full_head, wanted.any_logit_grads())
+            totals[0] += w[span] @ nll
             totals[2] += nll.sum()
             if kl is not None:
-                totals[1] += w[rows] @ kl
+                totals[1] += w[span] @ kl
     return (totals[0], totals[1], totals[2]), stored
 
 
-def _chunk_and_store(stored: _Stored, rows: slice, h: torch.Tensor, targets: torch.Tensor,
-                     ref_h: torch.Tensor | None, w: torch.Tensor, head: torch.Tensor, bias: torch.Tensor | None,
+@dataclass(frozen=True)
+class _Rows:
+    """Head rows that a trained adapter overrides (k of V), kept apart so the V×d head is never copied."""
+
+    index: torch.Tensor   # k
+    weight: torch.Tensor  # k×d: the rows in use
+    delta: torch.Tensor   # k×d: weight − the head's own rows (for the gradient contraction)
+    bias: torch.Tensor | None  # k: the head's bias at those rows
+
+
+@dataclass(frozen=True)
+class _Head:
+    weight: torch.Tensor          # V×d, in the compute dtype
+    bias: torch.Tensor | None
+    rows: _Rows | None
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        logits = torch.addmm(self.bias, h, self.weight.T) if self.bias is not None else h @ self.weight.T
+        if self.rows is not None:  # k columns recomputed with the trained rows: k×d work, not a V×d copy
+            columns = h @ self.rows.weight.T
+            if self.rows.bias is not None:
+                columns += self.rows.bias
+            logits.index_copy_(1, self.rows.index, columns)
+        return logits
+
+    def contract(self, grad_logits: torch.Tensor, out: torch.Tensor) -> None:
+        """out = grad_logits @ (the head with its rows overridden), without building that head."""
+        torch.mm(grad_logits, self.weight, out=out)
+        if self.rows is not None:
+            out.addmm_(grad_logits[:, self.rows.index], self.rows.delta)
+
+
+def _overridden_rows(head: torch.Tensor, bias: torch.Tensor | None, row_index: torch.Tensor | None,
+                     row_weight: torch.Tensor | None, compute_dtype: torch.dtype) -> _Rows | None:
+    if row_index is None:
+        return None
+    weight = row_weight.detach().to(compute_dtype)
+    return _Rows(row_index, weight, weight - head[row_index], bias[row_index] if bias is not None else None)
+
+
+def _chunk_and_store(stored: _Stored, span: slice, h: torch.Tensor, targets: torch.Tensor,
+                     ref_h: torch.Tensor | None, w: torch.Tensor, head: _Head,
                      logit_grads: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One chunk, start to finish. Its own function so the chunk×V tensors die on return: held in the
     loop's variables they would stay alive while the next chunk allocates its own (2 more chunk×V)."""
-    nll, kl, d_ce, d_kl = _chunk(h, targets, ref_h, head, bias, logit_grads)
-    _store_chunk(stored, rows, h, w, head, nll, kl, d_ce, d_kl)
+    nll, kl, d_ce, d_kl = _chunk(h, targets, ref_h, head, logit_grads)
+    _store_chunk(stored, span, h, w, head, nll, kl, d_ce, d_kl)
     return nll, kl
 
 
-def _chunk(h: torch.Tensor, targets: torch.Tensor, ref_h: torch.Tensor | None, head: torch.Tensor,
-           bias: torch.Tensor | None, logit_grads: bool
+def _chunk(h: torch.Tensor, targets: torch.Tensor, ref_h: torch.Tensor | None, head: _Head, logit_grads: bool
            ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """Per-row CE and KL of one chunk, and dCE/dz, dKL/dz if asked. After log_softmax everything works in
     place on log q and log p, so at most three chunk×V tensors are ever alive."""
-    log_ratio = _log_softmax(_logits(ref_h, head, bias)) if ref_h is not None else None  # log q, for now
-    log_p = _log_softmax(_logits(h, head, bias))
+    log_ratio = _log_softmax(head.logits(ref_h)) if ref_h is not None else None  # log q, for now
+    log_p = _log_softmax(head.logits(h))
     nll = -log_p.gather(1, targets.unsqueeze(1)).squeeze(1)
     if log_ratio is not None:
         log_ratio.neg_().add_(log_p)  # log p − log q
@@ -220,14 +261,14 @@ def _head_accumulators(param: torch.Tensor, w: torch.Tensor, has_ref: bool
     return weighted, unweighted, torch.zeros_like(param) if has_ref else None
 
 
-def _store_chunk(stored: _Stored, rows: slice, h: torch.Tensor, w: torch.Tensor, head: torch.Tensor,
+def _store_chunk(stored: _Stored, rows: slice, h: torch.Tensor, w: torch.Tensor, head: _Head,
                  nll: torch.Tensor, kl: torch.Tensor | None, d_ce: torch.Tensor | None,
                  d_kl: torch.Tensor | None) -> None:
     """Contract this chunk's logit gradients into the stored pieces while they are still alive."""
     if stored.hidden_ce is not None:
-        torch.mm(d_ce, head, out=stored.hidden_ce[rows])
+        head.contract(d_ce, stored.hidden_ce[rows])
         if d_kl is not None:
-            torch.mm(d_kl, head, out=stored.hidden_kl[rows])
+            head.contract(d_kl, stored.hidden_kl[rows])
     if stored.row_nll is not None:
         stored.row_nll[rows] = nll
         if kl is not None:
@@ -259,10 +300,6 @@ def _store_rows(stored: _Stored, h: torch.Tensor, w: torch.Tensor, d_ce: torch.T
         stored.rows_nll.addmm_(d_ce_rows.T, h)
     if d_kl is not None:
         stored.rows_wkl.addmm_(d_kl[:, stored.row_index].T, weighted_h)
-
-
-def _logits(h: torch.Tensor, head: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    return torch.addmm(bias, h, head.T) if bias is not None else h @ head.T
 
 
 def _log_softmax(logits: torch.Tensor) -> torch.Tensor:
