@@ -32,14 +32,16 @@ def replication_records(results: dict) -> list[dict]:
             for row in rows for s in row.get("samples", [])]
 
 
-def score_replication(results: dict, style_train: str, general_train: str) -> dict:
+def score_replication(results: dict, style_train: str, general_train: str, model=None) -> dict:
     """The scorecard of the stored replies; stop rates are the run's own, measured on every held-out reply
-    (the stored samples do not say whether each reply stopped)."""
+    (the stored samples do not say whether each reply stopped). ``model``: an AuthorshipModel already
+    fitted (tests), else the default one, fitted once and cached."""
     from wuxia_lightning.metrics.authorship import AuthorshipModel
     from wuxia_lightning.scorecard import score_generations
 
-    model = AuthorshipModel.load_or_fit(style_train, general_train)
-    card = score_generations(replication_records(results), model)
+    model = model or AuthorshipModel.load_or_fit(style_train, general_train)
+    # Every stored reply is scored, however few the budget kept (a smoke run keeps one or two).
+    card = score_generations(replication_records(results), model, min_replies=1)
     stop_rates = {row["variant"]: row["stop_rate"] for row in results["stage2"]}
     if results.get("base_replies"):
         stop_rates[BASE] = results["base_replies"]["stop_rate"]

@@ -171,6 +171,8 @@ class BurrowsDelta:
             pooled.update({c: n / total for c, n in counter.items()})
         features = [c for c, _ in pooled.most_common(n_features)]
         delta = cls(features, np.zeros(len(features)), np.ones(len(features)), {})
+        # A small corpus (the shipped sample) may have a class shorter than one segment: shorten them all.
+        segment = max(1, min(segment, min(sum(len(t) for t in group) for group in texts.values())))
         segments, labels = passages(texts, segment, _segments_per_class(texts, segment), seed)
         rows = np.stack([delta.frequencies(s) for s in segments])
         delta.mean, delta.std = rows.mean(axis=0), rows.std(axis=0) + 1e-12
@@ -201,8 +203,8 @@ class BurrowsDelta:
 
 
 def _segments_per_class(texts: Mapping[str, Sequence[str]], segment: int) -> int:
-    """The smallest class's segment count (at least 2), so every class weighs the same in mean and spread."""
-    return max(2, min(sum(len(t) for t in group) // segment for group in texts.values()))
+    """The smallest class's segment count, so every class weighs the same in mean and spread."""
+    return max(1, min(sum(len(t) for t in group) // segment for group in texts.values()))
 
 
 def _is_ideograph(character: str) -> bool:
@@ -279,6 +281,8 @@ def evaluate(classifier: AuthorClassifier, delta: BurrowsDelta, heldout: Mapping
              length: int, n_train: int) -> HeldOutRecord:
     """Accuracy and confusion matrix on every ``length``-character passage of the held-out text."""
     classes = classifier.classes
+    # A class whose every chapter was held out (a one-chapter file) was never learnt: nothing to measure.
+    heldout = {label: group for label, group in heldout.items() if label in classes}
     texts, labels = passages(heldout, length, None, 0)
     predicted = classifier.predict(texts)
     index = {c: i for i, c in enumerate(classes)}
