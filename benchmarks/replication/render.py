@@ -238,8 +238,18 @@ def scorecard_section(results: dict, out: Path) -> list[str]:
             "rates are the run's own (every held-out reply); no target author, so no target rate; the "
             "cross-entropy column needs the trained folders (`--model`).", "",
             "The judge on real held-out chapters:", "", *classifier_lines(card), "",
-            f"![confusion matrix]({CONFUSION_PNG})", "", *variant_lines(card), "",
+            f"![confusion matrix]({CONFUSION_PNG})", "", *variant_lines(card), "", *_scorecard_reading(card),
             f"![attribution]({ATTRIBUTION_PNG})", ""]
+
+
+def _scorecard_reading(card: dict) -> list[str]:
+    """One sentence when both judges agree that no variant writes like any novelist."""
+    rows = card["variants"].values()
+    if all(r["attribution"].get("general", 0) == 1 and r["delta_nearest"] == "general" for r in rows):
+        return ["Both judges read every reply of every variant, the base's included, as modern general text: "
+                "none reads like any of the novelists, so the stage-2 variants cannot be told apart by author "
+                "here (compare distinct-2 and the repetition rate instead).", ""]
+    return []
 
 
 def _one_line(text: str, limit: int = 220) -> str:
