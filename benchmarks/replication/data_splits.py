@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wuxia_lightning.data.chat_formats import load_conversations
-from wuxia_lightning.data.corpus import read_corpus, split_train_val
+from wuxia_lightning.data.corpus import held_out_by_hash, read_corpus, split_train_val
 from wuxia_lightning.io import atomic_write
 
 SHARDS = 16  # general text is written as shards so the data module's document split holds out only one
@@ -28,14 +28,9 @@ class Splits:
     instruct_heldout: str
 
 
-def _held_out(key: str, fraction: float) -> bool:
-    digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2.0 ** 64 < fraction
-
-
 def _split_by_hash(items: list, keys: list[str], fraction: float) -> tuple[list, list]:
     """(train, held out) by each item's key hash; with two or more items each side gets at least one."""
-    heldout = [_held_out(k, fraction) for k in keys]
+    heldout = [held_out_by_hash(k, fraction) for k in keys]
     if len(items) >= 2 and not any(heldout):
         heldout[min(range(len(keys)), key=lambda i: hashlib.blake2b(keys[i].encode()).digest())] = True
     return ([x for x, h in zip(items, heldout, strict=True) if not h],

@@ -214,6 +214,44 @@ def sample_sections(results: dict) -> list[str]:
     return lines
 
 
+def scorecard_section(results: dict, out: Path) -> list[str]:
+    """The stage-2 replies scored like any generations (scripts/score_style.py), with the judge's record;
+    empty for a results.json written before the scorecard existed."""
+    card = results.get("scorecard")
+    if not card:
+        return []
+    from wuxia_lightning.scorecard.output import (
+        ATTRIBUTION_PNG,
+        CONFUSION_PNG,
+        classifier_lines,
+        plot_attribution,
+        plot_confusion,
+        variant_lines,
+    )
+
+    plot_confusion(card, out / CONFUSION_PNG)
+    plot_attribution(card, out / ATTRIBUTION_PNG)
+    n = {name: row["n"] for name, row in card["variants"].items()}
+    return ["## Style scorecard of the stage-2 replies", "",
+            f"The stored replies ({', '.join(f'{k} {v}' for k, v in n.items())}) scored by the author classifier "
+            "and Burrows's Delta of `scripts/score_style.py`, both fitted on the training chapters only. Stop "
+            "rates are the run's own (every held-out reply); no target author, so no target rate; the "
+            "cross-entropy column needs the trained folders (`--model`).", "",
+            "The judge on real held-out chapters:", "", *classifier_lines(card), "",
+            f"![confusion matrix]({CONFUSION_PNG})", "", *variant_lines(card), "", *_scorecard_reading(card),
+            f"![attribution]({ATTRIBUTION_PNG})", ""]
+
+
+def _scorecard_reading(card: dict) -> list[str]:
+    """One sentence when both judges agree that no variant writes like any novelist."""
+    rows = card["variants"].values()
+    if all(r["attribution"].get("general", 0) == 1 and r["delta_nearest"] == "general" for r in rows):
+        return ["Both judges read every reply of every variant, the base's included, as modern general text: "
+                "none reads like any of the novelists, so the stage-2 variants cannot be told apart by author "
+                "here (compare distinct-2 and the repetition rate instead).", ""]
+    return []
+
+
 def _one_line(text: str, limit: int = 220) -> str:
     flat = " ".join(text.split()).replace("|", "\\|")
     return flat if len(flat) <= limit else flat[:limit] + "…"
@@ -254,6 +292,7 @@ def render(results: dict, out: Path) -> None:
                                     "rouge_l", "style_ppl"], "variant"), "",
         f"Chosen variant: `{results['chosen_variant']}`.", "", f"![stage 2]({PLOTS[1]})", "",
         f"![function words]({PLOTS[2]})", "",
+        *scorecard_section(results, out),
         *sample_sections(results),
     ]
     (out / "README.md").write_text("\n".join(lines).replace("\n\n\n", "\n\n") + "\n", encoding="utf-8")

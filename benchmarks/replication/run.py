@@ -507,6 +507,10 @@ def main(argv: list[str] | None = None) -> dict:
     results["function_word_rates"] = function_word_rates(evaluator, results)
     stage1_p = next(r for r in results["stage1"] if r["beta"] == chosen)["p_style"]
     results["chosen_variant"] = choose_variant(results["stage2"], stage1_p)
+    from scorecard import score_replication
+
+    results["scorecard"] = steps.run("scorecard", lambda: score_replication(results, args.style_train,
+                                                                            args.general_train))
     results["wall_s"] = round(time.perf_counter() - started, 1)
     results["wall_s_all_steps"] = round(sum(_seconds(v) for v in results.values()), 1)
     (out / "results.json").write_text(strict_json(results, indent=2), encoding="utf-8")
@@ -540,6 +544,11 @@ def publish(out: Path, target: Path) -> None:
     target.mkdir(parents=True, exist_ok=True)
     for name in ("README.md", "results.json", *PLOTS):
         shutil.copy2(out / name, target / name)
+    from wuxia_lightning.scorecard.output import ATTRIBUTION_PNG, CONFUSION_PNG
+
+    for name in (CONFUSION_PNG, ATTRIBUTION_PNG):  # drawn only when results hold a scorecard
+        if (out / name).exists():
+            shutil.copy2(out / name, target / name)
 
 
 def _load_base(out: Path):

@@ -330,3 +330,11 @@ def _draw(document: Document, seed: int) -> float:
 
 def _by_identity(documents: list[Document]) -> list[Document]:
     return sorted(documents, key=lambda d: (d.source, d.index))
+
+
+def held_out_by_hash(key: str, fraction: float) -> bool:
+    """True for about ``fraction`` of keys, by blake2b of the key: the split of documents that have no
+    chapters (general-text paragraphs, conversations). A pure function of the key, so the replication's
+    splits and the authorship classifier (metrics/authorship.py) hold out the same paragraphs."""
+    digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2.0 ** 64 < fraction

@@ -29,16 +29,23 @@ def chunk_texts(texts: Sequence[str], length: int = 100) -> list[str]:
     return chunks
 
 
+def char_ngram_vectorizer(max_features: int = 200_000):
+    """Sublinear TF-IDF over character 1–3-grams: the features of both the P(style) and the authorship
+    classifier (metrics/authorship.py), so the two verdicts rest on the same view of a passage."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    return TfidfVectorizer(analyzer="char", ngram_range=(1, 3), sublinear_tf=True, min_df=2,
+                           max_features=max_features)
+
+
 class StyleClassifier:
     """``fit(style_texts, other_texts)`` then ``predict_proba(texts)`` → P(style) per text."""
 
     def __init__(self, chunk_length: int = 100, seed: int = 0) -> None:
-        from sklearn.feature_extraction.text import TfidfVectorizer
         from sklearn.linear_model import LogisticRegression
 
         self.chunk_length, self.seed = chunk_length, seed
-        self.vectorizer = TfidfVectorizer(analyzer="char", ngram_range=(1, 3), sublinear_tf=True, min_df=2,
-                                          max_features=200_000)
+        self.vectorizer = char_ngram_vectorizer()
         self.model = LogisticRegression(max_iter=1000, C=4.0)
         self.n_train = 0
 
