@@ -290,3 +290,49 @@ def test_at_most_one_chunk_of_vocabulary_sized_tensors_alive(with_ref):
                            chunk_size=8)
         combined(sums).backward()
     assert alive.peak == (3 if with_ref else 2)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 8, 1000])
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("unit_weights", [False, True])
+def test_merged_kl_gradient_equals_the_separate_terms(chunk_size, bias, unit_weights):
+    """kl_weight = β: one (dCE/dz + β·dKL/dz)·W piece instead of two, for the loss stage 1 builds
+    (mean CE + β·mean KL over Σ w): the same values and gradients as full-vocabulary float64."""
+    head, hidden, ref_hidden, targets, weights = make_inputs(seed=5, bias=bias, unit_weights=unit_weights)
+    params = [hidden, head.weight] + ([head.bias] if bias else [])
+
+    def stage1_loss(sums):
+        return (sums[0] + 0.3 * sums[1]) / weights.sum()
+
+    fused = fused_ce_kl(hidden, targets, weights, head.weight, head.bias, ref_hidden, chunk_size=chunk_size,
+                        compute_dtype=torch.float64, kl_weight=0.3)
+    naive = naive_sums(hidden, targets, weights, head.weight, head.bias, ref_hidden)
+    for got, expected in zip(fused, naive, strict=True):
+        torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
+    for got, expected in zip(grads(stage1_loss(fused), params), grads(stage1_loss(naive), params), strict=True):
+        torch.testing.assert_close(got, expected, atol=1e-8, rtol=0)
+
+
+@pytest.mark.parametrize("loss", [lambda s: s[0] + 0.5 * s[1], lambda s: s[0] + 0.3 * s[1] + s[2],
+                                  lambda s: s[1]])
+def test_merged_kl_gradient_refuses_another_loss(loss):
+    """The merged piece is right for one loss only: any other combination raises instead of training wrong."""
+    head, hidden, ref_hidden, targets, weights = make_inputs(seed=6)
+    sums = fused_ce_kl(hidden, targets, weights, head.weight, None, ref_hidden, chunk_size=8,
+                       compute_dtype=torch.float64, kl_weight=0.3)
+    with pytest.raises(RuntimeError, match="kl_weight=0.3"):
+        loss(sums).backward()
+
+
+def test_merged_kl_gradient_saves_one_head_matmul_per_chunk():
+    """The point of kl_weight: per chunk, one chunk×V @ V×d contraction into the hidden states, not two."""
+    head, hidden, ref_hidden, targets, weights = make_inputs(seed=12)
+    head.weight.requires_grad_(False)
+    chunks = -(-N // 8)
+    counts = {}
+    for kl_weight in (None, 0.3):
+        with _OpRecorder() as forward:
+            fused_ce_kl(hidden, targets, weights, head.weight, None, ref_hidden, chunk_size=8,
+                        compute_dtype=torch.float64, kl_weight=kl_weight)
+        counts[kl_weight] = sum(op is torch.ops.aten.mm and shape[-1] == D for op, shape in forward.ops)
+    assert counts == {None: 2 * chunks, 0.3: chunks}

@@ -26,15 +26,16 @@ def final_hidden_states(causal_lm: torch.nn.Module, batch: dict[str, torch.Tenso
 
 def token_loss_sums(causal_lm: torch.nn.Module, batch: dict[str, torch.Tensor],
                     ref_hidden: torch.Tensor | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE,
-                    hidden: torch.Tensor | None = None) -> TokenLossSums:
+                    hidden: torch.Tensor | None = None, kl_weight: float | None = None) -> TokenLossSums:
     """Σ CE over the labelled positions of ``batch`` (weighted by ``loss_weights`` when it has them) and,
     given the reference's hidden states at the same positions, Σ KL(policy ‖ reference).
-    ``hidden``: the policy's hidden states when the caller already has them."""
+    ``hidden``: the policy's hidden states when the caller already has them; ``kl_weight``: see
+    ``chunked_ce_kl`` (only for a caller whose loss is exactly mean CE + kl_weight·mean KL)."""
     hidden = final_hidden_states(causal_lm, batch) if hidden is None else hidden
     selected, targets, weights, mask = select_loss_positions(hidden, batch["labels"], batch.get("loss_weights"))
     ref_selected = ref_hidden[:, :-1][mask] if ref_hidden is not None else None
     return chunked_ce_kl(selected, targets, weights, causal_lm.get_output_embeddings(), ref_selected,
-                         chunk_size=chunk_size)
+                         chunk_size=chunk_size, kl_weight=kl_weight)
 
 
 @dataclass
@@ -58,6 +59,9 @@ def style_alignment_loss(causal_lm: torch.nn.Module, batch: dict[str, torch.Tens
     pass at all, which is why the caller makes it)."""
     if kl_beta > 0 and ref_hidden is None:
         raise ValueError("kl_beta > 0 needs the reference's hidden states")
-    sums = token_loss_sums(causal_lm, batch, ref_hidden if kl_beta > 0 else None, chunk_size)
+    # The loss below is exactly mean CE + β·mean KL (both over Σ w), so the fused pass may merge the two
+    # gradient matmuls of the LM head.
+    sums = token_loss_sums(causal_lm, batch, ref_hidden if kl_beta > 0 else None, chunk_size,
+                           kl_weight=kl_beta if kl_beta > 0 else None)
     ce, kl = sums.mean_ce(), sums.mean_kl()
     return StyleAlignmentLoss(loss=ce + kl_beta * kl, ce=ce, kl=kl, nll_sum=sums.nll, tokens=sums.tokens)

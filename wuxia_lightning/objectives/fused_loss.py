@@ -43,7 +43,8 @@ Sums = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (Σ w·CE, Σ w·KL, �
 def fused_ce_kl(hidden: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor, head_weight: torch.Tensor,
                 head_bias: torch.Tensor | None = None, ref_hidden: torch.Tensor | None = None,
                 chunk_size: int = 256, compute_dtype: torch.dtype = torch.float32,
-                row_index: torch.Tensor | None = None, row_weight: torch.Tensor | None = None) -> Sums:
+                row_index: torch.Tensor | None = None, row_weight: torch.Tensor | None = None,
+                kl_weight: float | None = None) -> Sums:
     """(Σ w·CE, Σ w·KL(P_policy ‖ P_ref), Σ CE) over the N rows of ``hidden`` (N×d), ``chunk_size`` at a time.
 
     ``targets`` (N) are already-selected labels (no IGNORE_INDEX: see ``select_loss_positions``); the LM
@@ -54,9 +55,13 @@ def fused_ce_kl(hidden: torch.Tensor, targets: torch.Tensor, weights: torch.Tens
     ``row_index`` (k) / ``row_weight`` (k×d): the head's rows ``row_index`` are ``row_weight`` instead (new
     tokens trained on a tied, frozen head: peft ``trainable_token_indices``); their gradient is k×d, built
     from the k logit columns, so training a few rows never costs a V×d gradient, nor a V×d copy of the head.
+
+    ``kl_weight`` = β: the caller promises that the loss is ``Σ w·CE / s + β · Σ w·KL / s`` (s any scale) and
+    nothing else differentiates Σ CE. Then one N×d piece (dCE/dz + β·dKL/dz)·W replaces the two, and one
+    chunk×V×d matmul per chunk is saved at β > 0; backward checks the promise and raises if it is broken.
     """
     args = (hidden, targets, weights, head_weight, head_bias, ref_hidden, chunk_size, compute_dtype, row_index,
-            row_weight)
+            row_weight, kl_weight)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad
                                        for t in (hidden, weights, head_weight, head_bias, row_weight)):
         return _FusedCEKL.apply(*args)
@@ -85,6 +90,7 @@ class _Stored:
 
     hidden_ce: torch.Tensor | None = None     # N×d: Σ_v (p − onehot)·W, per row, unweighted
     hidden_kl: torch.Tensor | None = None     # N×d: Σ_v dKL/dz·W, per row, unweighted
+    kl_weight: float | None = None            # set: hidden_ce holds (dCE/dz + β·dKL/dz)·W, hidden_kl is None
     head_wce: torch.Tensor | None = None      # V×d: d(Σ w·CE)/dW
     head_nll: torch.Tensor | None = None      # V×d: d(Σ CE)/dW (aliases head_wce when all weights are 1)
     head_wkl: torch.Tensor | None = None      # V×d: d(Σ w·KL)/dW
@@ -106,12 +112,12 @@ class _FusedCEKL(torch.autograd.Function):
     def forward(ctx: Any, hidden: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor,
                 head_weight: torch.Tensor, head_bias: torch.Tensor | None, ref_hidden: torch.Tensor | None,
                 chunk_size: int, compute_dtype: torch.dtype, row_index: torch.Tensor | None,
-                row_weight: torch.Tensor | None) -> Sums:
+                row_weight: torch.Tensor | None, kl_weight: float | None) -> Sums:
         needs = ctx.needs_input_grad
         wanted = _Wanted(hidden=needs[0], weights=needs[2], head=needs[3], bias=head_bias is not None and needs[4],
                          rows=row_weight is not None and needs[9])
         sums, ctx.stored = _run(hidden, targets, weights, head_weight, head_bias, ref_hidden, chunk_size,
-                                compute_dtype, row_index, row_weight, wanted)
+                                compute_dtype, row_index, row_weight, kl_weight, wanted)
         ctx.save_for_backward(weights)
         ctx.dtypes = (hidden.dtype, weights.dtype, head_weight.dtype,
                       head_bias.dtype if head_bias is not None else None,
@@ -126,6 +132,8 @@ class _FusedCEKL(torch.autograd.Function):
         stored: _Stored = ctx.stored
         hidden_dtype, weights_dtype, head_dtype, bias_dtype, rows_dtype = ctx.dtypes
         w = weights.to(grad_ce.dtype)
+        if stored.kl_weight is not None:
+            _check_mixed_gradient(stored.kl_weight, grad_ce, grad_kl, grad_nll)
         grad_hidden = _scale_rows(stored.hidden_ce, grad_ce * w + grad_nll, stored.hidden_kl, grad_kl * w)
         grad_head = _combine(stored.head_wce, grad_ce, stored.head_nll, grad_nll, stored.head_wkl, grad_kl)
         grad_bias = _combine(stored.bias_wce, grad_ce, stored.bias_nll, grad_nll, stored.bias_wkl, grad_kl)
@@ -133,19 +141,29 @@ class _FusedCEKL(torch.autograd.Function):
         grad_rows = _combine(stored.rows_wce, grad_ce, stored.rows_nll, grad_nll, stored.rows_wkl, grad_kl)
         return (_cast(grad_hidden, hidden_dtype), None, _cast(grad_weights, weights_dtype),
                 _cast(grad_head, head_dtype), _cast(grad_bias, bias_dtype), None, None, None, None,
-                _cast(grad_rows, rows_dtype))
+                _cast(grad_rows, rows_dtype), None)
+
+
+def _check_mixed_gradient(kl_weight: float, grad_ce: torch.Tensor, grad_kl: torch.Tensor,
+                          grad_nll: torch.Tensor) -> None:
+    """The merged hidden piece is only right for the loss it was built for (see ``kl_weight``)."""
+    if bool(grad_nll != 0) or not torch.allclose(grad_kl, kl_weight * grad_ce, rtol=1e-5, atol=0.0):
+        raise RuntimeError(f"fused_ce_kl(kl_weight={kl_weight}) was differentiated through another loss "
+                           f"(d/dΣCE {float(grad_ce):.3g}, d/dΣKL {float(grad_kl):.3g}, d/dΣnll {float(grad_nll):.3g});"
+                           " pass kl_weight=None for that")
 
 
 def _run(hidden: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor, head_weight: torch.Tensor,
          head_bias: torch.Tensor | None, ref_hidden: torch.Tensor | None, chunk_size: int,
          compute_dtype: torch.dtype, row_index: torch.Tensor | None, row_weight: torch.Tensor | None,
-         wanted: _Wanted) -> tuple[Sums, _Stored]:
+         kl_weight: float | None, wanted: _Wanted) -> tuple[Sums, _Stored]:
     """The chunk loop: sums, plus the gradient pieces ``wanted`` asks for."""
     head = head_weight.to(compute_dtype)  # one upcast per call, not per chunk (no copy if already fp32)
     bias = head_bias.to(compute_dtype) if head_bias is not None else None
     rows = _overridden_rows(head, bias, row_index, row_weight, compute_dtype)
     w = weights.to(compute_dtype)
-    stored = _allocate(hidden, head, bias, w, ref_hidden is not None, wanted)
+    stored = _allocate(hidden, head, bias, w, ref_hidden is not None, wanted,
+                       kl_weight if ref_hidden is not None else None)
     full_head = _Head(head, bias, rows)
     if wanted.rows:
         stored.row_index = row_index
@@ -237,12 +255,13 @@ def _chunk(h: torch.Tensor, targets: torch.Tensor, ref_h: torch.Tensor | None, h
 
 
 def _allocate(hidden: torch.Tensor, head: torch.Tensor, bias: torch.Tensor | None, w: torch.Tensor,
-              has_ref: bool, wanted: _Wanted) -> _Stored:
+              has_ref: bool, wanted: _Wanted, kl_weight: float | None) -> _Stored:
     n, dtype = hidden.shape[0], head.dtype
-    stored = _Stored()
+    stored = _Stored(kl_weight=kl_weight)
     if wanted.hidden:
         stored.hidden_ce = hidden.new_zeros(n, head.shape[1], dtype=dtype)
-        stored.hidden_kl = hidden.new_zeros(n, head.shape[1], dtype=dtype) if has_ref else None
+        separate_kl = has_ref and kl_weight is None
+        stored.hidden_kl = hidden.new_zeros(n, head.shape[1], dtype=dtype) if separate_kl else None
     if wanted.head:
         stored.head_wce, stored.head_nll, stored.head_wkl = _head_accumulators(head, w, has_ref)
     if wanted.bias:
@@ -265,10 +284,6 @@ def _store_chunk(stored: _Stored, rows: slice, h: torch.Tensor, w: torch.Tensor,
                  nll: torch.Tensor, kl: torch.Tensor | None, d_ce: torch.Tensor | None,
                  d_kl: torch.Tensor | None) -> None:
     """Contract this chunk's logit gradients into the stored pieces while they are still alive."""
-    if stored.hidden_ce is not None:
-        head.contract(d_ce, stored.hidden_ce[rows])
-        if d_kl is not None:
-            head.contract(d_kl, stored.hidden_kl[rows])
     if stored.row_nll is not None:
         stored.row_nll[rows] = nll
         if kl is not None:
@@ -288,6 +303,18 @@ def _store_chunk(stored: _Stored, rows: slice, h: torch.Tensor, w: torch.Tensor,
             stored.bias_nll += d_ce.sum(0)
         if d_kl is not None:
             stored.bias_wkl.addmv_(d_kl.T, w)
+    if stored.hidden_ce is not None:  # last: the merged piece overwrites d_ce, which the pieces above read
+        _store_hidden(stored, rows, head, d_ce, d_kl)
+
+
+def _store_hidden(stored: _Stored, rows: slice, head: _Head, d_ce: torch.Tensor, d_kl: torch.Tensor | None
+                  ) -> None:
+    if d_kl is not None and stored.kl_weight is not None:  # one matmul for both terms
+        head.contract(d_ce.add_(d_kl, alpha=stored.kl_weight), stored.hidden_ce[rows])
+        return
+    head.contract(d_ce, stored.hidden_ce[rows])
+    if d_kl is not None:
+        head.contract(d_kl, stored.hidden_kl[rows])
 
 
 def _store_rows(stored: _Stored, h: torch.Tensor, w: torch.Tensor, d_ce: torch.Tensor,

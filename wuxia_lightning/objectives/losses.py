@@ -54,23 +54,25 @@ def select_loss_positions(hidden: torch.Tensor, labels: torch.Tensor, weights: t
 def chunked_ce_kl(hidden: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor,
                   head: Callable[[torch.Tensor], torch.Tensor], ref_hidden: torch.Tensor | None = None,
                   chunk_size: int = 256, compute_dtype: torch.dtype = torch.float32,
-                  fused: bool = True) -> TokenLossSums:
+                  fused: bool = True, kl_weight: float | None = None) -> TokenLossSums:
     """Sums of CE and KL(P_policy ‖ P_ref) over all N positions, full vocabulary, ``chunk_size`` at a time.
 
     ``head`` maps hidden states to logits (the LM head); ``ref_hidden`` are the reference model's
     hidden states at the same positions (no gradient), or None to skip the KL term. ``fused`` picks the
     fused pass when ``head`` is a plain ``nn.Linear`` without hooks (anything else is only known through
-    its forward, so it takes the checkpointed path).
+    its forward, so it takes the checkpointed path). ``kl_weight``: the β of a loss ``mean CE + β·mean KL``
+    that the caller will build from these sums, which lets the fused pass merge two gradient matmuls
+    (``fused_ce_kl``); None for any other use of the sums.
     """
     rows = trained_token_rows(head) if fused else None
     if rows is not None:  # a tied head with trained new-token rows: the fused pass, k rows overridden
         linear, row_index, row_weight = rows
         ce, kl, nll = fused_ce_kl(hidden, targets, weights, linear.weight, linear.bias, ref_hidden,
                                   chunk_size=chunk_size, compute_dtype=compute_dtype, row_index=row_index,
-                                  row_weight=row_weight)
+                                  row_weight=row_weight, kl_weight=kl_weight)
     elif fused and _plain_linear(head):
         ce, kl, nll = fused_ce_kl(hidden, targets, weights, head.weight, head.bias, ref_hidden,
-                                  chunk_size=chunk_size, compute_dtype=compute_dtype)
+                                  chunk_size=chunk_size, compute_dtype=compute_dtype, kl_weight=kl_weight)
     else:
         ce, kl, nll = _checkpointed_sums(hidden, targets, weights, head, ref_hidden, chunk_size, compute_dtype)
     return TokenLossSums(ce=ce, kl=kl, weight=weights.to(compute_dtype).sum(), nll=nll,
