@@ -141,7 +141,8 @@ def test_page_streams_three_columns_scales_the_style_and_saves_what_it_showed(st
         save_path = page.locator("#save_path textarea").input_value()
         page.locator("#save").click()
         expect(page.locator("#save_status")).to_contain_text("saved 4 prompt(s)")
-        print(f"screenshots: {tmp_path}/style_{{0,1,2}}.png")
+        page.screenshot(path=str(tmp_path / "saved.png"), full_page=True)
+        print(f"screenshots: {tmp_path}/style_{{0,1,2}}.png, saved.png")
     finally:
         app.close()
 

@@ -131,7 +131,7 @@ def _responder(chat: ChatModel):
         scales, seed = {STYLE: float(style), INSTRUCT: float(instruct)}, int(seed or 0)
         start, replies = time.perf_counter(), {}
         for replies in chat.stream_columns(columns, conversation(system, prompt), settings, scales, seed):
-            current = COLUMNS[max(i for i, c in enumerate(COLUMNS) if c.key in replies)].label
+            current = next(c.label for c in COLUMNS if c.key == list(replies)[-1])
             yield *_shown(replies, final=False), f"#{number}: {current} is answering…", done
         record = turn_record(prompt, system, settings, scales, seed, replies, chat.folder,
                              str(chat.manifest.get("base_model")))
