@@ -89,34 +89,62 @@ def is_sharded(model: torch.nn.Module) -> bool:
 
 
 def stream_reply(model, tokenizer, messages: Sequence[Message], settings: GenerationSettings,
-                 raw_prompt: bool = False) -> Iterator[str]:
+                 raw_prompt: bool = False, token_ids: list[int] | None = None) -> Iterator[str]:
     """Yield the reply text piece by piece as it is generated (interactive chat). ``raw_prompt``: continue
-    the last message's text without the chat template (stage-1 models)."""
-    from threading import Thread
+    the last message's text without the chat template (stage-1 models). ``token_ids``: a list that receives
+    the generated ids as they come (to tell a reply that ended on a stop token from one cut by the limit).
 
-    from transformers import TextIteratorStreamer
+    A reader that stops early (a closed chat page, Ctrl-C) stops the generation too, and this returns only
+    once the generating thread has ended: a caller that switches adapters after the loop never changes them
+    under a generation still running.
+    """
+    from threading import Event, Thread
+
+    from transformers import StoppingCriteria, StoppingCriteriaList
 
     text = messages[-1]["content"] if raw_prompt else chat_prompt(tokenizer, messages)
     inputs = tokenizer(text, return_tensors="pt", add_special_tokens=raw_prompt).to(model.device)
-    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    streamer = _recording_streamer(tokenizer, token_ids)
     errors: list[BaseException] = []
+    left = Event()
+
+    class ReaderLeft(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs) -> bool:
+            return left.is_set()
 
     def generate() -> None:
         try:
             model.generate(**inputs, streamer=streamer, eos_token_id=stop_token_ids(tokenizer),
-                           pad_token_id=tokenizer.pad_token_id, **settings.kwargs())
+                           pad_token_id=tokenizer.pad_token_id, stopping_criteria=StoppingCriteriaList([ReaderLeft()]),
+                           **settings.kwargs())
         except BaseException as error:  # noqa: B036 - re-raised in the caller's thread below
             errors.append(error)
             streamer.end()  # otherwise the reader waits for text forever
 
     thread = Thread(target=generate, daemon=True)
     thread.start()
-    for piece in streamer:
-        if piece := whole_characters(piece):
-            yield piece
-    thread.join()
+    try:
+        for piece in streamer:
+            if piece := whole_characters(piece):
+                yield piece
+    finally:
+        left.set()
+        thread.join()
     if errors:
         raise errors[0]
+
+
+def _recording_streamer(tokenizer, token_ids: list[int] | None):
+    """transformers' ``TextIteratorStreamer`` that also appends each generated id to ``token_ids``."""
+    from transformers import TextIteratorStreamer
+
+    class Recording(TextIteratorStreamer):
+        def put(self, value) -> None:
+            if token_ids is not None and not self.next_tokens_are_prompt:  # the first call is the prompt
+                token_ids.extend(value.reshape(-1).tolist())
+            super().put(value)
+
+    return Recording(tokenizer, skip_prompt=True, skip_special_tokens=True)
 
 
 def decode_complete(tokenizer, ids: Sequence[int]) -> str:
