@@ -153,6 +153,28 @@ def test_inference_chat_loop_keeps_history_resets_and_exits(stacked_folder, caps
     assert IM_START not in out
 
 
+def test_generation_decodes_with_a_kv_cache_on_a_model_loaded_for_training(tiny_model_dir):
+    """load_base_model turns the config's cache off (training); generation must still decode one new
+    position per step (with a cache), not recompute the whole sequence for every token, and give the
+    same tokens as a cache-free decode."""
+    model = load_base_model(str(tiny_model_dir)).eval()
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    assert model.config.use_cache is False
+    lengths: list[int] = []
+    hook = model.get_input_embeddings().register_forward_pre_hook(lambda _, args: lengths.append(args[0].shape[1]))
+    settings = GenerationSettings(max_new_tokens=6, do_sample=False, repetition_penalty=1.0)
+    conversation = [[{"role": "user", "content": "剑光一闪，"}]]
+    try:
+        cached = generate_replies(model, tokenizer, conversation, settings, raw_prompts=True)
+    finally:
+        hook.remove()
+    assert len(lengths) == cached[0].new_tokens and lengths[0] > 1 and set(lengths[1:]) <= {1}
+    plain = settings.kwargs()
+    uncached = GenerationSettings(max_new_tokens=6, do_sample=False, repetition_penalty=1.0)
+    uncached.kwargs = lambda: {**plain, "use_cache": False}
+    assert generate_replies(model, tokenizer, conversation, uncached, raw_prompts=True) == cached
+
+
 def test_inference_stage1_folder_is_a_raw_continuation_model(style_folder, capsys, monkeypatch):
     inference = load_script("inference")
     code = inference.main(["--model", str(style_folder), "--prompt", "剑光一闪", "--greedy",
