@@ -38,9 +38,10 @@ SENTENCEPIECE_USER_DEFINED = 4  # SentencePiece's ModelProto.SentencePiece.Type:
 OLLAMA_TEMPLATES = {
     "chatml": ('{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}'
                '<|im_start|>assistant\n'),
-    "gemma": ('{{- range $i, $m := .Messages }}{{- if eq $m.Role "assistant" }}<start_of_turn>model\n'
-              '{{ $m.Content }}<end_of_turn>\n{{- else }}<start_of_turn>user\n{{ $m.Content }}<end_of_turn>\n'
-              '{{- end }}{{ end }}<start_of_turn>model\n'),
+    # No "{{-" after a newline: it would trim the newline that ends a turn.
+    "gemma": ('{{- range .Messages }}{{ if eq .Role "assistant" }}<start_of_turn>model\n{{ .Content }}'
+              '<end_of_turn>\n{{ else }}<start_of_turn>user\n{{ .Content }}<end_of_turn>\n{{ end }}{{ end }}'
+              '<start_of_turn>model\n'),
 }
 
 
