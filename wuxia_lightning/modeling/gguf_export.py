@@ -124,9 +124,12 @@ def write_sentencepiece(source_gguf: Path, merged: Path) -> None:
     """``tokenizer.model`` (BPE with byte fallback, as Gemma's) and ``added_tokens.json`` from the GGUF's
     tokens, scores and types. Tokens training added after the GGUF's vocabulary (infill) need nothing here:
     the converter takes them from tokenizer_config.json's added_tokens_decoder."""
-    from gguf import GGUFReader
-    from sentencepiece import sentencepiece_model_pb2 as pb
-
+    try:
+        from gguf import GGUFReader
+        from sentencepiece import sentencepiece_model_pb2 as pb
+    except ImportError as error:
+        raise UserInputError(f"a Gemma GGUF export needs the 'gguf', 'sentencepiece' and 'protobuf' packages "
+                             f"({error})", path=str(source_gguf)) from error
     fields = GGUFReader(str(source_gguf)).fields
     tokens, scores, types = (fields[f"tokenizer.ggml.{key}"].contents() for key in ("tokens", "scores", "token_type"))
     proto = pb.ModelProto()
