@@ -20,6 +20,7 @@ Self times add up to the profiled wall time minus Python overhead outside operat
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -98,8 +99,6 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2)
     args = parser.parse_args()
     args.device, args.dtype = "cpu", "float32"
-    import tempfile
-
     with tempfile.TemporaryDirectory() as scratch:
         args.model_dir = _model_folder(args.model, Path(scratch))
         args.vocab = _vocab_size(args.model_dir)
