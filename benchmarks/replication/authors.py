@@ -180,6 +180,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--general-train", default=str(run.SHARED / "general"))
     parser.add_argument("--instruct-train", default=str(run.SHARED / "instruct"),
                         help="its turns join the general shards a tiny base is pre-trained on (run.py's splits)")
+    parser.add_argument("--only", nargs="+", default=None,
+                        help="train and continue only these models (base, mixed or an author), then stop without "
+                             "scoring: separate processes can share the work; a later full run reads their steps")
     parser.add_argument("--stage1-steps", type=int, default=None,
                         help="override the profile's stage-1 steps (every adapter gets the same)")
     parser.add_argument("--stage1-lr", type=float, default=None, help="override the profile's stage-1 lr")
@@ -201,15 +204,19 @@ def main(argv: list[str] | None = None) -> dict:
                      if profile.pretrained else run.build_base(splits, args.out, budget))
     files = {author: author_files(splits.style_train, author) for author in args.authors}
     prompts = build_prompts(files, prompting)
+    wanted = set(args.only or [BASE, *files, MIXED])
     continuations = {BASE: steps.run("continue_base", lambda: continue_prompts(
-        args.out, None, prompts, prompting.new_tokens))["continuations"]}
+        args.out, None, prompts, prompting.new_tokens))["continuations"]} if BASE in wanted else {}
     trained = {}
     # Single-author adapters first: they carry the targets if the run is cut short.
-    for name, sources in [*files.items(), (MIXED, splits.style_train)]:
+    for name, sources in [(n, s) for n, s in [*files.items(), (MIXED, splits.style_train)] if n in wanted]:
         trained[name] = steps.run(f"train_{name}", lambda n=name, s=sources: train_adapter(
             splits, args.out, budget, n, s))
         continuations[name] = steps.run(f"continue_{name}", lambda n=name: continue_prompts(
             args.out, trained[n]["folder"], prompts, prompting.new_tokens))["continuations"]
+    if args.only:
+        print(f"[authors] done: {sorted(wanted)}; run without --only to score and write the report")
+        return {"trained": trained}
     targets = {name: (name if name in files else None) for name in continuations}
     card = steps.run("scorecard", lambda: score(continuations, targets, splits.style_train, args.general_train))
     results = {"command": " ".join(["python benchmarks/replication/authors.py", *(argv or sys.argv[1:])]),
