@@ -21,6 +21,11 @@ def test_smoke_run_scores_every_adapter_and_resumes(tmp_path):
     args = ["--out", str(out), "--smoke", "--base", "tiny", "--authors", *AUTHORS, "--publish", str(published),
             "--style-train", str(SAMPLE / "style"), "--general-train", str(SAMPLE / "general"),
             "--instruct-train", str(SAMPLE / "instruct" / "train.jsonl")]
+    # --only does a share of the work and reports nothing; the full run below reuses it.
+    partial = authors.main([*args, "--only", AUTHORS[0]])
+    assert list(partial["trained"]) == [AUTHORS[0]] and not (out / "results.json").exists()
+    assert sorted(p.name for p in (out / "steps").iterdir()) == ["base_model.json", f"continue_{AUTHORS[0]}.json",
+                                                                  f"train_{AUTHORS[0]}.json"]
     results = authors.main(args)
     saved = strict_loads((published / "results.json").read_text(encoding="utf-8"))
     assert list(saved["adapters"]) == [*AUTHORS, authors.MIXED]
