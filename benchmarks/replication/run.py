@@ -254,12 +254,7 @@ class Evaluator:
                 "distinct_2": scores.get("distinct_2", float("nan")), "ngram_char3": scores.get("ngram_char3"), "fw_rates": rates}
 
     def continuations(self, model) -> list[str]:
-        from wuxia_lightning.generation import GenerationSettings, generate_replies
-
-        torch.manual_seed(0)
-        settings = GenerationSettings(self.budget.continuation_tokens, do_sample=True, temperature=0.8, top_p=0.95)
-        prompts = [[{"role": "user", "content": opening}] for opening in self.openings]
-        return [r.generation for r in generate_replies(model, self.tokenizer, prompts, settings, raw_prompts=True)]
+        return continue_texts(model, self.tokenizer, self.openings, self.budget.continuation_tokens)
 
     def stage1_row(self, model) -> dict:
         style_ppl, _ = self.perplexity_and_kl(model, self.style_windows, with_kl=False)
@@ -268,6 +263,17 @@ class Evaluator:
         return {"style_ppl": style_ppl, "general_ppl": general_ppl, "kl_general": kl,
                 **self.style_scores(samples), "samples": samples[:self.budget.samples],
                 "sample_prompts": self.openings[:self.budget.samples]}
+
+
+def continue_texts(model, tokenizer, openings: list[str], new_tokens: int) -> list[str]:
+    """Sampled continuations of raw text (T 0.8, top-p 0.95, the default repetition penalty), seeded so
+    every model continues the same openings under the same random stream."""
+    from wuxia_lightning.generation import GenerationSettings, generate_replies
+
+    torch.manual_seed(0)
+    settings = GenerationSettings(new_tokens, do_sample=True, temperature=0.8, top_p=0.95)
+    prompts = [[{"role": "user", "content": opening}] for opening in openings]
+    return [r.generation for r in generate_replies(model, tokenizer, prompts, settings, raw_prompts=True)]
 
 
 def _openings(texts: list[str], count: int) -> list[str]:
