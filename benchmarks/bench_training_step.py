@@ -505,7 +505,7 @@ def run_shape(args: argparse.Namespace) -> None:
     """Both sections at the current shapes, in this process; then the memory children; then the table."""
     module, ours_opt, ours_sched = build_ours(args)
     head = module.causal_lm().get_output_embeddings()
-    loss_path = "fused (plain nn.Linear head)" if type(head) is torch.nn.Linear else "checkpointed"
+    loss_path = _loss_path(head)
     times: dict[str, float | str] = {}
     losses = None
     if "beta" in args.sections:
@@ -517,6 +517,16 @@ def run_shape(args: argparse.Namespace) -> None:
     memory = {} if args.no_memory else {name: peak_memory(name, args) for name, value in times.items()
                                         if not isinstance(value, str)}
     print_report(args, times, memory, losses, loss_path)
+
+
+def _loss_path(head: torch.nn.Module) -> str:
+    from wuxia_lightning.objectives.losses import trained_token_rows
+
+    if type(head) is torch.nn.Linear:
+        return "fused (plain nn.Linear head)"
+    if trained_token_rows(head) is not None:
+        return "fused (tied head with trained new-token rows)"
+    return "checkpointed"
 
 
 def _model_folder(model: str, scratch: Path) -> Path:
