@@ -123,13 +123,11 @@ def load(args: argparse.Namespace, manifest: dict):
     """(model, tokenizer) with every adapter of the folder active, on the best device."""
     import torch
 
+    from wuxia_lightning.modeling.loading import serving_dtype
     from wuxia_lightning.modeling.stacking import load_stacked
 
     cuda = torch.cuda.is_available()
-    dtype = args.dtype
-    if dtype == "auto":
-        dtype = "bfloat16" if cuda and torch.cuda.is_bf16_supported() else "float32"
-    model, tokenizer = load_stacked(args.model, model_name_or_path=args.base, dtype=dtype,
+    model, tokenizer = load_stacked(args.model, model_name_or_path=args.base, dtype=serving_dtype(args.dtype),
                                     quantization=args.quantization, style_scale=args.style_scale,
                                     instruct_scale=args.instruct_scale, trust_remote_code=args.trust_remote_code)
     if cuda and args.quantization == "none":  # 4-bit models are already placed by their device_map

@@ -56,6 +56,13 @@ def load_base_model(model_name_or_path: str, *, tokenizer_name_or_path: str | No
     return model
 
 
+def serving_dtype(dtype: str) -> str:
+    """``auto`` → bfloat16 on a CUDA device that supports it, float32 otherwise; anything else unchanged."""
+    if dtype != "auto":
+        return dtype
+    return "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float32"
+
+
 def disable_cpu_4bit_repacking(model: torch.nn.Module) -> None:
     """bnb on AVX512-BF16 CPUs repacks 4-bit weights in eval mode and never unpacks them, which breaks
     the next training forward (PITFALLS.md); switching that path off keeps train/eval interleaving safe."""

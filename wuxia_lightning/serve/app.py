@@ -97,14 +97,12 @@ def load_chat_model(args: argparse.Namespace, manifest: dict):
     """The stacked model (base + both adapters, loaded once) on the best device."""
     import torch
 
+    from wuxia_lightning.modeling.loading import serving_dtype
     from wuxia_lightning.modeling.stacking import load_stacked
     from wuxia_lightning.serve.columns import ChatModel
 
     cuda = torch.cuda.is_available()
-    dtype = args.dtype
-    if dtype == "auto":
-        dtype = "bfloat16" if cuda and torch.cuda.is_bf16_supported() else "float32"
-    model, tokenizer = load_stacked(args.model, model_name_or_path=args.base, dtype=dtype,
+    model, tokenizer = load_stacked(args.model, model_name_or_path=args.base, dtype=serving_dtype(args.dtype),
                                     trust_remote_code=args.trust_remote_code)
     if cuda:
         model.to("cuda")
