@@ -12,6 +12,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -112,3 +113,55 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     from wuxia_lightning.pretrained.tiny import resolve_model_path
 
     return Path(resolve_model_path("tiny-qwen2"))
+
+
+# ---- trained-looking adapter folders on the tiny model (scripts, chat page) ----------------------
+def randomise_lora_b(model, adapter: str, std: float = 0.2) -> None:
+    """LoRA B starts at zero (a no-op adapter); random B makes the adapter change the outputs."""
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name and f".{adapter}." in name:
+                param.normal_(std=std)
+
+
+@pytest.fixture(scope="module")
+def style_folder(tiny_model_dir, tmp_path_factory) -> Path:
+    """A stage-1 output folder, saved the way StyleAlignmentModule saves it."""
+    from peft import get_peft_model
+
+    from wuxia_lightning.modeling.adapters import lora_config, save_adapter_atomically
+    from wuxia_lightning.modeling.loading import load_base_model
+    from wuxia_lightning.pretrained.tokenizer import load_tokenizer
+
+    torch.manual_seed(0)
+    model = get_peft_model(load_base_model(str(tiny_model_dir)), lora_config(8, 16, 0.0), adapter_name="style")
+    randomise_lora_b(model, "style")
+    out = tmp_path_factory.mktemp("stage1") / "style"
+    save_adapter_atomically(model, "style", out, load_tokenizer(str(tiny_model_dir)),
+                            {"stage": "style", "adapters": ["style"], "base_model": str(tiny_model_dir)})
+    return out
+
+
+@pytest.fixture(scope="module")
+def stacked_folder(tiny_model_dir, style_folder, tmp_path_factory) -> Path:
+    """A stage-2 folder: the style adapter plus an `instruct` adapter with random non-zero B."""
+    from peft import PeftModel
+
+    from wuxia_lightning.modeling.adapters import activate, lora_config
+    from wuxia_lightning.modeling.loading import load_base_model
+    from wuxia_lightning.modeling.stacking import save_stacked
+    from wuxia_lightning.pretrained.tokenizer import ensure_chat_template, load_tokenizer
+
+    torch.manual_seed(1)
+    model = PeftModel.from_pretrained(load_base_model(str(tiny_model_dir)), str(style_folder),
+                                      adapter_name="style")
+    model.add_adapter("instruct", lora_config(8, 16, 0.0))
+    randomise_lora_b(model, "instruct")
+    activate(model, ["style", "instruct"])
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    ensure_chat_template(tokenizer)
+    out = tmp_path_factory.mktemp("stage2") / "stacked"
+    save_stacked(model, out, tokenizer, {"stage": "instruct", "base_model": str(tiny_model_dir),
+                                         "adapters": ["style", "instruct"], "adapter_mode": "stacked",
+                                         "chat_template": tokenizer.chat_template})
+    return out

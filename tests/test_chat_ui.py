@@ -12,10 +12,7 @@ import pytest
 import torch
 
 from wuxia_lightning.errors import UserInputError
-from wuxia_lightning.modeling.adapters import activate, lora_config, save_adapter_atomically
-from wuxia_lightning.modeling.loading import load_base_model
-from wuxia_lightning.modeling.stacking import INSTRUCT, STYLE, load_stacked, save_stacked
-from wuxia_lightning.pretrained.tokenizer import ensure_chat_template, load_tokenizer
+from wuxia_lightning.modeling.stacking import INSTRUCT, STYLE, load_stacked
 from wuxia_lightning.serve.app import main, serve
 from wuxia_lightning.serve.columns import column_adapters
 from wuxia_lightning.serve.session import default_session_path, save_session
@@ -27,46 +24,6 @@ CHROMIUM_ARGS = ["--disable-gpu", "--disable-dev-shm-usage", "--disable-backgrou
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 KEYS = ("base", "style", "stacked")
 PROMPT = "剑光一闪"
-
-
-def randomise_lora_b(model, adapter: str, std: float = 0.2) -> None:
-    """LoRA B starts at zero (a no-op adapter); random B makes the adapter change the replies."""
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name and f".{adapter}." in name:
-                param.normal_(std=std)
-
-
-@pytest.fixture(scope="module")
-def style_folder(tiny_model_dir, tmp_path_factory) -> Path:
-    """A stage-1 output folder, saved the way StyleAlignmentModule saves it."""
-    from peft import get_peft_model
-
-    torch.manual_seed(0)
-    model = get_peft_model(load_base_model(str(tiny_model_dir)), lora_config(8, 16, 0.0), adapter_name=STYLE)
-    randomise_lora_b(model, STYLE)
-    out = tmp_path_factory.mktemp("stage1") / "style"
-    save_adapter_atomically(model, STYLE, out, load_tokenizer(str(tiny_model_dir)),
-                            {"stage": "style", "adapters": [STYLE], "base_model": str(tiny_model_dir)})
-    return out
-
-
-@pytest.fixture(scope="module")
-def stacked_folder(tiny_model_dir, style_folder, tmp_path_factory) -> Path:
-    """A stage-2 folder saved by ``save_stacked``: the style adapter under an instruct adapter with random B."""
-    from peft import PeftModel
-
-    torch.manual_seed(1)
-    model = PeftModel.from_pretrained(load_base_model(str(tiny_model_dir)), str(style_folder), adapter_name=STYLE)
-    model.add_adapter(INSTRUCT, lora_config(8, 16, 0.0))
-    randomise_lora_b(model, INSTRUCT)
-    activate(model, [STYLE, INSTRUCT])
-    tokenizer = load_tokenizer(str(tiny_model_dir))
-    ensure_chat_template(tokenizer)
-    out = tmp_path_factory.mktemp("stage2") / "stacked"
-    save_stacked(model, out, tokenizer, {"stage": "instruct", "base_model": str(tiny_model_dir),
-                                         "adapters": [STYLE, INSTRUCT], "adapter_mode": "stacked"})
-    return out
 
 
 def free_port() -> int:

@@ -17,58 +17,13 @@ from conftest import REPO, load_script
 
 from wuxia_lightning.data.presets import resolve_system_prompt
 from wuxia_lightning.generation import GenerationSettings, generate_replies
-from wuxia_lightning.modeling.adapters import activate, lora_config, save_adapter_atomically
 from wuxia_lightning.modeling.loading import load_base_model
-from wuxia_lightning.modeling.stacking import load_stacked, save_stacked
+from wuxia_lightning.modeling.stacking import load_stacked
 from wuxia_lightning.pretrained.tokenizer import load_tokenizer
 
 SAMPLE_STYLE = REPO / "data" / "sample" / "style"
 SAMPLE_INSTRUCT = REPO / "data" / "sample" / "instruct"
 IM_START = "<|im_start|>"
-
-
-def randomise_lora_b(model, adapter: str, std: float = 0.2) -> None:
-    """LoRA B starts at zero (a no-op adapter); random B makes the adapter change the outputs."""
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name and f".{adapter}." in name:
-                param.normal_(std=std)
-
-
-@pytest.fixture(scope="module")
-def style_folder(tiny_model_dir, tmp_path_factory) -> Path:
-    """A stage-1 output folder, saved the way StyleAlignmentModule saves it."""
-    from peft import get_peft_model
-
-    torch.manual_seed(0)
-    model = get_peft_model(load_base_model(str(tiny_model_dir)), lora_config(8, 16, 0.0), adapter_name="style")
-    randomise_lora_b(model, "style")
-    out = tmp_path_factory.mktemp("stage1") / "style"
-    save_adapter_atomically(model, "style", out, load_tokenizer(str(tiny_model_dir)),
-                            {"stage": "style", "adapters": ["style"], "base_model": str(tiny_model_dir)})
-    return out
-
-
-@pytest.fixture(scope="module")
-def stacked_folder(tiny_model_dir, style_folder, tmp_path_factory) -> Path:
-    """A stage-2 folder: the style adapter plus an `instruct` adapter with random non-zero B."""
-    from peft import PeftModel
-
-    from wuxia_lightning.pretrained.tokenizer import ensure_chat_template
-
-    torch.manual_seed(1)
-    model = PeftModel.from_pretrained(load_base_model(str(tiny_model_dir)), str(style_folder),
-                                      adapter_name="style")
-    model.add_adapter("instruct", lora_config(8, 16, 0.0))
-    randomise_lora_b(model, "instruct")
-    activate(model, ["style", "instruct"])
-    tokenizer = load_tokenizer(str(tiny_model_dir))
-    ensure_chat_template(tokenizer)
-    out = tmp_path_factory.mktemp("stage2") / "stacked"
-    save_stacked(model, out, tokenizer, {"stage": "instruct", "base_model": str(tiny_model_dir),
-                                         "adapters": ["style", "instruct"], "adapter_mode": "stacked",
-                                         "chat_template": tokenizer.chat_template})
-    return out
 
 
 def one_error_line(stderr: str) -> str:
