@@ -20,7 +20,7 @@ import math
 import platform
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -475,14 +475,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--general-heldout", default=None, help="default: 5%% of the paragraphs, by hash")
     parser.add_argument("--instruct-train", default=str(SHARED / "instruct"))
     parser.add_argument("--instruct-heldout", default=None, help="default: 3%% of the conversations, by hash")
+    parser.add_argument("--betas", type=float, nargs="+", default=None,
+                        help="stage-1 β values to run instead of the base's sweep (e.g. 1 to retrain one)")
+    parser.add_argument("--variants", nargs="+", default=None, choices=sorted(STAGE2_VARIANTS),
+                        help="stage-2 variants to run instead of the base's list (bare_instruct is always run: "
+                             "it is the ROUGE-L reference)")
+    parser.add_argument("--stage2-steps", type=int, default=None, help="stage-2 steps instead of the budget's")
     return parser.parse_args(argv)
+
+
+def chosen_profile(args: argparse.Namespace) -> tuple[Profile, Budget]:
+    """The base's profile and budget with the command line's overrides applied (recorded in results.json)."""
+    profile = PROFILES[args.base]
+    budget = profile.smoke if args.smoke else profile.budget
+    if args.stage2_steps:
+        budget = replace(budget, stage2_steps=args.stage2_steps)
+    if args.betas:
+        profile = replace(profile, betas=tuple(args.betas))
+    if args.variants:
+        profile = replace(profile, variants=tuple(dict.fromkeys(["bare_instruct", *args.variants])))
+    return profile, budget
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     started = time.perf_counter()
-    profile = PROFILES[args.base]
-    budget = profile.smoke if args.smoke else profile.budget
+    profile, budget = chosen_profile(args)
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     steps = Steps(out)
