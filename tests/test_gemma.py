@@ -204,3 +204,31 @@ def test_both_stages_predict_and_export_on_tiny_gemma(tmp_path):
     ids = tokenizer("<bos>剑光一闪", add_special_tokens=False, return_tensors="pt")["input_ids"]
     with torch.no_grad():
         torch.testing.assert_close(merged(ids).logits, model(input_ids=ids).logits, rtol=1e-4, atol=1e-4)
+
+
+def test_twin_rows_against_a_full_cosine_computation():
+    """The chunked count equals a plain cosine over all rows, across chunk boundaries."""
+    from wuxia_lightning.modeling.untrained_rows import twin_rows
+
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(40_000, 16, generator=generator)
+    weight[17_000] = 3.0 * weight[5]  # the same direction at another length: a twin
+    weight[33_000] = weight[5] + 1e-3 * torch.randn(16, generator=generator)
+    for row, expected in ((5, 2), (6, 0)):
+        full = torch.nn.functional.cosine_similarity(weight, weight[row].unsqueeze(0), dim=1)
+        assert twin_rows(weight, row) == int((full >= 0.99).sum()) - 1 == expected
+
+
+def test_stage2_warns_when_the_base_never_trained_the_turn_end_token(tokenizer, caplog):
+    """tiny-gemma3's rows are random: no warning. Give <end_of_turn> a twin, as the real Gemma 3 270M base
+    has thousands (tests/test_real_base.py): the warning names the token and the count."""
+    from wuxia_lightning.modeling.loading import load_base_model
+    from wuxia_lightning.modules.instruct import warn_if_turn_end_untrained
+
+    model = load_base_model(TINY_GEMMA)
+    assert warn_if_turn_end_untrained(model, tokenizer) == 0 and not caplog.records
+    with torch.no_grad():
+        rows = model.get_input_embeddings().weight
+        rows[tokenizer.convert_tokens_to_ids(END_OF_TURN)] = 2.0 * rows[42]
+    assert warn_if_turn_end_untrained(model, tokenizer) == 1
+    assert "never trained <end_of_turn>" in caplog.text and "1 twin rows" in caplog.text

@@ -8,6 +8,7 @@ the two can be compared.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Literal
 
@@ -37,12 +38,14 @@ from wuxia_lightning.modeling.stacking import (
     read_manifest,
     save_stacked,
 )
+from wuxia_lightning.modeling.untrained_rows import TWIN_COSINE, twin_rows
 from wuxia_lightning.modules.common import AdapterModule
 from wuxia_lightning.modules.sharding import whole
 from wuxia_lightning.pretrained.gguf import gguf_provenance
-from wuxia_lightning.pretrained.tokenizer import ensure_chat_template
+from wuxia_lightning.pretrained.tokenizer import chat_format, ensure_chat_template
 
 AdapterMode = Literal["stacked", "continue_style", "composed"]
+log = logging.getLogger(__name__)
 
 
 class InstructModule(AdapterModule):
@@ -128,6 +131,7 @@ class InstructModule(AdapterModule):
         if continue_style:
             self.adapters = [STYLE]
         else:
+            warn_if_turn_end_untrained(base, self.tokenizer())
             self.peft_model.add_adapter(INSTRUCT, lora_config(hp.lora_r, hp.lora_alpha, hp.lora_dropout,
                                                               hp.lora_target_modules))
             self.adapters = [STYLE, INSTRUCT]
@@ -273,6 +277,18 @@ class InstructModule(AdapterModule):
                                                    to_simplified=self.hparams.eval_to_simplified,
                                                    other_sources=self.hparams.eval_general_corpus)
         return self._scorer
+
+
+def warn_if_turn_end_untrained(base: torch.nn.Module, tokenizer) -> int:
+    """Say so when the base never trained the token that ends a reply (``modeling/untrained_rows.py``): its
+    row has twins, so replies may not stop however long stage 2 trains. Returns the twin count."""
+    token = chat_format(tokenizer).turn_end
+    twins = twin_rows(base.get_input_embeddings().weight, tokenizer.convert_tokens_to_ids(token))
+    if twins:
+        log.warning("the base never trained %s: its embedding row has %d twin rows (cosine ≥ %.2f), so the "
+                    "model can hardly put it apart and replies may not stop. An instruction-tuned release of "
+                    "this base (e.g. gemma-3-270m-it) has the row trained.", token, twins, TWIN_COSINE)
+    return twins
 
 
 def assert_trainable_only(peft_model: torch.nn.Module, adapter: str) -> None:
