@@ -168,7 +168,7 @@ def caveats(results: dict) -> list[str]:
         lines.append(
             f"- No stage-2 variant learnt to stop within this budget (best stop rate {best_stop:.2f}): replies run to "
             "the token limit, often ending in a repeated phrase, so P(style), ROUGE-L and distinct-2 compare "
-            "replies cut at the same length; the stage-2 budget, not the variants, is the limit here. The style "
+            "replies cut at the same length; the limit is the budget or the base (a turn-end token it never trained: stage 2 warns), not the variants. The style "
             "held-out perplexity of each variant remains a sound comparison.")
     stage1 = next(r for r in results["stage1"] if r["beta"] == results["chosen_beta"])
     rows = {r["variant"]: r for r in results["stage2"]}
