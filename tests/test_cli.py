@@ -46,6 +46,7 @@ def test_every_config_parses(config, capsys, monkeypatch):
     from wuxia_lightning.cli import main
 
     monkeypatch.chdir(REPO)
+    monkeypatch.setattr(sys, "argv", ["wuxia"])  # pytest's own arguments are not the CLI's
     overlay = "class_path" not in (yaml.safe_load(config.read_text()).get("model") or {})  # no model of its own
     base = ["--config", "configs/qwen2.5-7b_style_qlora.yaml"] if overlay else []
     with pytest.raises(SystemExit) as exit_:
