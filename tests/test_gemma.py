@@ -178,10 +178,11 @@ def test_both_stages_predict_and_export_on_tiny_gemma(tmp_path):
     stacked = tmp_path / "stacked"
     run_cli("fit", "--config", "configs/quickstart_instruct.yaml", *common, f"--model.style_adapter={tmp_path / 'style'}",
             f"--model.output_dir={stacked}", "--model.eval_samples=1", "--data.replay_max_length=96",
-            "--model.max_new_tokens=8")
+            "--model.max_new_tokens=8", "--model.train_turn_end_row=true")  # random rows have no twins: asked
     manifest = json.loads((stacked / "wuxia_manifest.json").read_text(encoding="utf-8"))
     assert END_OF_TURN in manifest["chat_template"] and IM_END not in manifest["chat_template"]
     model, tokenizer = load_stacked(stacked)
+    assert_turn_end_row_trained_and_served(stacked, model, tokenizer)
     eos = json.loads((stacked / "generation_config.json").read_text(encoding="utf-8"))["eos_token_id"]
     assert tokenizer.convert_tokens_to_ids(END_OF_TURN) in eos and tokenizer.eos_token_id in eos
     run_cli("predict", "--config", "configs/quickstart_instruct.yaml", *common, f"--model.output_dir={stacked}",
@@ -232,3 +233,28 @@ def test_stage2_warns_when_the_base_never_trained_the_turn_end_token(tokenizer, 
         rows[tokenizer.convert_tokens_to_ids(END_OF_TURN)] = 2.0 * rows[42]
     assert warn_if_turn_end_untrained(model, tokenizer) == 1
     assert "never trained <end_of_turn>" in caplog.text and "1 twin rows" in caplog.text
+
+
+def assert_turn_end_row_trained_and_served(stacked, model, tokenizer) -> None:
+    """The instruct adapter holds the <end_of_turn> row beside the style's infill rows, stage 2 moved it, and
+    the served model (both adapters active) embeds <end_of_turn> with it and the infill tokens with style's."""
+    from safetensors.torch import load_file
+
+    from wuxia_lightning.modeling.loading import load_base_model
+    from wuxia_lightning.tokens import FIM_TOKENS
+
+    def rows(adapter: str) -> torch.Tensor:
+        [tensor] = [t for n, t in load_file(str(stacked / adapter / "adapter_model.safetensors")).items()
+                    if "trainable_tokens_delta" in n]
+        return tensor
+
+    end_of_turn = tokenizer.convert_tokens_to_ids(END_OF_TURN)
+    base_row = load_base_model(TINY_GEMMA).get_input_embeddings().weight[end_of_turn]
+    instruct_row, style_rows = rows("instruct"), rows("style")
+    assert instruct_row.shape == (1, base_row.shape[0]) and not torch.allclose(instruct_row[0], base_row)
+    ids = torch.tensor([[end_of_turn, *tokenizer.convert_tokens_to_ids(list(FIM_TOKENS))]])
+    embedding = model.get_input_embeddings()
+    with torch.no_grad():
+        served = embedding(ids)[0] / embedding.token_adapter._get_embed_scale()
+    torch.testing.assert_close(served[0], instruct_row[0])
+    torch.testing.assert_close(served[1:], style_rows)

@@ -64,8 +64,8 @@ def test_real_gemma_trains_both_stages_and_stops_on_end_of_turn(tmp_path):
               "--data.batch_size=1", "--data.preset=plain", "--model.max_new_tokens=24"]
     fitted = run_cli(*fit_args(tmp_path, "configs/gemma3-270m_instruct.yaml", "instruct", "--trainer.max_steps=30",
                                "--model.learning_rate=0.003", "--model.warmup_steps=0", *stage2))
-    # this base never trained <end_of_turn> (its row has thousands of twins): stage 2 says so
-    assert "never trained <end_of_turn>" in fitted.stderr, fitted.stderr[-3000:]
+    # this base never trained <end_of_turn> (its row has thousands of twins): stage 2 trains it, and says so
+    assert "stage 2 trains that row" in fitted.stderr, fitted.stderr[-3000:]
     losses = series(read_metrics(tmp_path / "logs" / "instruct"), "train/loss_step") or \
         series(read_metrics(tmp_path / "logs" / "instruct"), "train/loss")
     assert losses[-1] < 0.5 * losses[0], losses

@@ -31,8 +31,10 @@ def trainable_names(model: torch.nn.Module) -> set[str]:
 
 
 def adapter_parameter_names(model: torch.nn.Module, adapter: str) -> set[str]:
-    """Names of the LoRA tensors of one adapter (peft puts the adapter name in each of them)."""
-    return {name for name, _ in model.named_parameters() if "lora_" in name and f".{adapter}." in name}
+    """Names of the tensors one adapter trains: its LoRA tensors and its embedding rows, if any (peft puts
+    the adapter name in each: ``….lora_A.<adapter>.weight``, ``….trainable_tokens_delta.<adapter>``)."""
+    return {name for name, _ in model.named_parameters()
+            if ("lora_" in name and f".{adapter}." in name) or name.endswith(f"trainable_tokens_delta.{adapter}")}
 
 
 def restore_trainable(model: torch.nn.Module, names: set[str]) -> None:
@@ -44,8 +46,33 @@ def restore_trainable(model: torch.nn.Module, names: set[str]) -> None:
 
 def activate(peft_model, adapters: Sequence[str]) -> None:
     """Make every adapter in ``adapters`` active. peft's ``set_adapter`` on the LoRA model takes a list
-    but also marks them all trainable; callers re-assert the trainable set afterwards."""
-    peft_model.base_model.set_adapter(list(adapters))
+    but also marks them all trainable; callers re-assert the trainable set afterwards.
+
+    peft 0.21 refuses two adapters with token rows on one embedding ("Only one adapter can be set at a
+    time", its own TODO says non-overlapping rows are fine): the style's infill rows and the instruct
+    adapter's turn-end row. Its layer computes several adapters' rows (and refuses overlapping ones), so
+    the check is passed with the first and every such wrapper then gets all of its adapters."""
+    from peft.utils.other import TrainableTokensWrapper
+
+    check = TrainableTokensWrapper.check_set_adapter
+    TrainableTokensWrapper.check_set_adapter = lambda self, names: check(self, _first_with_rows(self, names))
+    try:
+        peft_model.base_model.set_adapter(list(adapters))
+    finally:
+        TrainableTokensWrapper.check_set_adapter = check
+    for module in peft_model.modules():
+        if isinstance(module, TrainableTokensWrapper):
+            with_rows = [name for name in adapters if name in module.token_adapter.trainable_tokens_delta]
+            if len(with_rows) > 1:
+                module.set_adapter(with_rows)
+
+
+def _first_with_rows(wrapper, names):
+    """``names`` cut to its first adapter that has rows in ``wrapper`` (all of them when none has)."""
+    if isinstance(names, str):
+        return names
+    with_rows = [name for name in names if name in wrapper.token_adapter.trainable_tokens_delta]
+    return with_rows[:1] or list(names)
 
 
 @contextmanager

@@ -180,6 +180,7 @@ def load_stacked(folder: str | Path, *, model_name_or_path: str | None = None, d
         with adapters_without_token_rows():
             for name in adapters[1:]:
                 model.load_adapter(str(folder / name), adapter_name=name)
+        copy_free_token_rows(model)  # a later adapter's rows may sit in a layer the style had none in
         activate(model, adapters)
     set_adapter_scales(model, {STYLE: style_scale, INSTRUCT: instruct_scale})
     model.requires_grad_(False)

@@ -38,6 +38,7 @@ from wuxia_lightning.modeling.stacking import (
     read_manifest,
     save_stacked,
 )
+from wuxia_lightning.modeling.token_rows import copy_free_token_rows
 from wuxia_lightning.modeling.untrained_rows import TWIN_COSINE, twin_rows
 from wuxia_lightning.modules.common import AdapterModule
 from wuxia_lightning.modules.sharding import whole
@@ -82,6 +83,11 @@ class InstructModule(AdapterModule):
             (validate / test / predict): the style-strength knob. 1 = as trained.
         max_bad_steps: consecutive non-finite (NaN/Inf) steps skipped before training stops with an error.
         trust_remote_code: run code shipped with the base model; off unless asked.
+        train_turn_end_row: also train the embedding row of the token that ends a reply (``<end_of_turn>``,
+            ``<|im_end|>``) with the instruct adapter. None (default): only where the base never trained it —
+            its row has twins at cosine ≥ 0.99 (Gemma 3 270M base: 4,665), so no reply could end on it
+            (``modeling/untrained_rows.py``). True / False: always / never. Served and merged like the rest
+            of the adapter; the one-LoRA ``--format adapter`` export cannot carry rows (use merged).
     """
 
     def __init__(self, model_name_or_path: str = "tiny-qwen2", tokenizer_name_or_path: str | None = None,
@@ -95,7 +101,8 @@ class InstructModule(AdapterModule):
                  top_p: float = 0.9, eval_style_corpus: str | list[str] | None = None,
                  eval_to_simplified: bool = True, eval_general_corpus: str | list[str] | None = None,
                  eval_samples: int = 8, replay_beta: float = 0.0, style_scale: float = 1.0,
-                 instruct_scale: float = 1.0, max_bad_steps: int = 10, trust_remote_code: bool = False) -> None:
+                 instruct_scale: float = 1.0, max_bad_steps: int = 10, trust_remote_code: bool = False,
+                 train_turn_end_row: bool | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.peft_model = None
@@ -131,9 +138,9 @@ class InstructModule(AdapterModule):
         if continue_style:
             self.adapters = [STYLE]
         else:
-            warn_if_turn_end_untrained(base, self.tokenizer())
             self.peft_model.add_adapter(INSTRUCT, lora_config(hp.lora_r, hp.lora_alpha, hp.lora_dropout,
-                                                              hp.lora_target_modules))
+                                                              hp.lora_target_modules, self._turn_end_rows(base)))
+            copy_free_token_rows(self.peft_model)
             self.adapters = [STYLE, INSTRUCT]
         # What the training forward sees; serving (generation, the saved folder) always uses self.adapters.
         self.training_adapters = [INSTRUCT] if hp.adapter_mode == "composed" else self.adapters
@@ -143,6 +150,13 @@ class InstructModule(AdapterModule):
                                if f".{STYLE}." in n}
         assert_trainable_only(self.peft_model, trained)
         self.shard_if_fsdp2()
+
+    def _turn_end_rows(self, base: torch.nn.Module) -> list[int]:
+        """[the reply-ending token's id] when its row is to be trained (``train_turn_end_row``), else []."""
+        tokenizer, choice = self.tokenizer(), self.hparams.train_turn_end_row
+        token = chat_format(tokenizer).turn_end
+        untrained = warn_if_turn_end_untrained(base, tokenizer, trained_here=choice is not False) > 0
+        return [tokenizer.convert_tokens_to_ids(token)] if choice or (choice is None and untrained) else []
 
     def _activate(self, adapters: list[str]) -> None:
         """Activate ``adapters``; set_adapter marks active adapters trainable, so re-assert "only the
@@ -279,15 +293,16 @@ class InstructModule(AdapterModule):
         return self._scorer
 
 
-def warn_if_turn_end_untrained(base: torch.nn.Module, tokenizer) -> int:
+def warn_if_turn_end_untrained(base: torch.nn.Module, tokenizer, trained_here: bool = False) -> int:
     """Say so when the base never trained the token that ends a reply (``modeling/untrained_rows.py``): its
-    row has twins, so replies may not stop however long stage 2 trains. Returns the twin count."""
+    row has twins, so replies cannot stop unless the row is trained. Returns the twin count."""
     token = chat_format(tokenizer).turn_end
     twins = twin_rows(base.get_input_embeddings().weight, tokenizer.convert_tokens_to_ids(token))
     if twins:
+        then = ("stage 2 trains that row with the instruct adapter" if trained_here else
+                "replies may not stop (--model.train_turn_end_row=false keeps the row frozen)")
         log.warning("the base never trained %s: its embedding row has %d twin rows (cosine ≥ %.2f), so the "
-                    "model can hardly put it apart and replies may not stop. An instruction-tuned release of "
-                    "this base (e.g. gemma-3-270m-it) has the row trained.", token, twins, TWIN_COSINE)
+                    "model can hardly put it apart; %s", token, twins, TWIN_COSINE, then)
     return twins
 
 
