@@ -300,7 +300,7 @@ def warn_if_turn_end_untrained(base: torch.nn.Module, tokenizer, trained_here: b
     twins = twin_rows(base.get_input_embeddings().weight, tokenizer.convert_tokens_to_ids(token))
     if twins:
         then = ("stage 2 trains that row with the instruct adapter" if trained_here else
-                "replies may not stop (--model.train_turn_end_row=false keeps the row frozen)")
+                "replies may not stop (train_turn_end_row is false: the row stays frozen)")
         log.warning("the base never trained %s: its embedding row has %d twin rows (cosine ≥ %.2f), so the "
                     "model can hardly put it apart; %s", token, twins, TWIN_COSINE, then)
     return twins
